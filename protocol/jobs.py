@@ -19,7 +19,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
 from .dsse import Envelope, sign_envelope
-from .errors import RemoteError, VerificationError
+from .errors import RemoteError, UsageError, VerificationError
 from .identity import Identity
 
 JOB_PAYLOAD_TYPE = "application/vnd.pointillist.job.v1+json"
@@ -99,6 +99,15 @@ def new_job_request(
     height: int,
     lifetime_s: int = 600,
 ) -> JobRequest:
+    try:
+        return _new_job_request(node, model, prompt, now, negative_prompt, seed, steps, guidance, width, height, lifetime_s)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "job"
+        raise UsageError(f"invalid {where}: {first['msg']}") from exc
+
+
+def _new_job_request(node, model, prompt, now, negative_prompt, seed, steps, guidance, width, height, lifetime_s):
     return JobRequest(
         jobId=secrets.token_hex(16),
         nonce=secrets.token_hex(16),

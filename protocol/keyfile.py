@@ -5,7 +5,8 @@ platform's user config directory (``platformdirs.user_config_dir("pointillist")`
 ``~/.config/pointillist`` on Linux. The key file is ``identity.key``, mode 0600.
 
 Format: libp2p's marshalled private key, the same bytes go-libp2p's ``crypto.MarshalPrivateKey``
-writes, so a key can move between implementations::
+writes, so a key can move between implementations (py-libp2p's own ``serialize()`` writes only the
+32-byte seed; that form is accepted on reading too)::
 
     protobuf PrivateKey { Type = 1 (Ed25519) ; Data = <32-byte seed || 32-byte public key> }
         = 08 01 12 40 <seed> <public key>
@@ -20,6 +21,7 @@ from .errors import UsageError
 from .identity import Identity
 
 _PREFIX = b"\x08\x01\x12\x40"
+_PY_LIBP2P_PREFIX = b"\x08\x01\x12\x20"  # py-libp2p's serialize() writes the 32-byte seed only
 KEY_FILE_NAME = "identity.key"
 
 
@@ -41,6 +43,9 @@ def encode_private_key(identity: Identity) -> bytes:
 
 
 def decode_private_key(data: bytes, source: str = "key file") -> Identity:
+    """Accept go-libp2p's 64-byte form and py-libp2p's 32-byte (seed only) form."""
+    if len(data) == 4 + 32 and data.startswith(_PY_LIBP2P_PREFIX):
+        return Identity(data[4:])
     if len(data) != len(_PREFIX) + 64 or not data.startswith(_PREFIX):
         raise UsageError(f"{source} is not an Ed25519 libp2p private key")
     seed, public = data[4:36], data[36:]

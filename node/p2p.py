@@ -1,0 +1,102 @@
+"""The libp2p boundary: building hosts and parsing addresses. Everything libp2p-specific that
+more than one module needs lives here, and libp2p errors become ours here.
+
+Hosts speak exactly TCP + Noise + yamux (no TLS/secio/plaintext fallback is offered), and allow one
+connection per peer: py-libp2p otherwise waits out a 250 ms "happy eyeballs" timer per dial.
+"""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+import multiaddr
+import trio
+from libp2p import new_host
+from libp2p.abc import IHost
+from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
+from libp2p.network.config import ConnectionConfig
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
+
+from ..protocol.errors import TransportError, UsageError
+from ..protocol.identity import Identity
+
+DEFAULT_LISTEN = "/ip4/127.0.0.1/tcp/0"
+DIAL_TIMEOUT_S = 10.0
+
+
+def build_host(identity: Identity) -> IHost:
+    key_pair = create_new_key_pair(identity.seed)
+    noise = NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)
+    return new_host(
+        key_pair=key_pair,
+        sec_opt={NOISE_PROTOCOL_ID: noise},
+        muxer_preference="YAMUX",
+        connection_config=ConnectionConfig(max_connections_per_peer=1, dial_timeout=DIAL_TIMEOUT_S),
+    )
+
+
+def parse_listen_addr(text: str) -> multiaddr.Multiaddr:
+    try:
+        addr = multiaddr.Multiaddr(text)
+    except Exception as exc:  # multiaddr raises several unrelated types
+        raise UsageError(f"not a multiaddr: {text!r} (expected e.g. {DEFAULT_LISTEN})") from exc
+    if "tcp" not in {p.name for p in addr.protocols()}:
+        raise UsageError(f"listen address must be TCP, e.g. {DEFAULT_LISTEN}: {text!r}")
+    return addr
+
+
+def parse_peer_addr(text: str) -> PeerInfo:
+    """A dialable peer: ``/ip4/<ip>/tcp/<port>/p2p/<peer id>``."""
+    try:
+        return info_from_p2p_addr(multiaddr.Multiaddr(text))
+    except Exception as exc:
+        raise UsageError(
+            f"not a peer address: {text!r} (expected /ip4/<ip>/tcp/<port>/p2p/<peer id>)"
+        ) from exc
+
+
+def peer_id_str(peer_id: ID) -> str:
+    return peer_id.to_base58()
+
+
+def full_addrs(host: IHost) -> list[str]:
+    """The host's listen addresses with its /p2p/ component, as strings others can dial."""
+    own = str(host.get_id())
+    out = []
+    for addr in host.get_addrs():
+        text = str(addr)
+        out.append(text if "/p2p/" in text else f"{text}/p2p/{own}")
+    return out
+
+
+@asynccontextmanager
+async def running_host(identity: Identity, listen: list[str] | None = None) -> AsyncIterator[IHost]:
+    host = build_host(identity)
+    addrs = [parse_listen_addr(a) for a in (listen or [DEFAULT_LISTEN])]
+    try:
+        async with host.run(addrs):
+            yield host
+    except OSError as exc:
+        raise TransportError(f"cannot listen on {', '.join(map(str, addrs))}: {exc.strerror or exc}") from exc
+
+
+async def connect(host: IHost, peer: PeerInfo, timeout_s: float = DIAL_TIMEOUT_S) -> None:
+    try:
+        with trio.fail_after(timeout_s):
+            await host.connect(peer)
+    except trio.TooSlowError as exc:
+        raise TransportError(f"peer {peer.peer_id} did not answer within {timeout_s:.0f} s") from exc
+    except Exception as exc:
+        if isinstance(exc, (OSError,)) or type(exc).__module__.startswith("libp2p"):
+            raise TransportError(f"cannot reach peer {peer.peer_id}: {_one_line(exc)}") from exc
+        raise
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__

@@ -1,0 +1,324 @@
+"""The job protocol, node side: check a signed job, queue it, run it off the trio loop, stream
+progress, answer with the attested PNG.
+
+Order of checks (cheapest and most security-relevant first, nothing runs before all pass):
+frame size → msgpack → message schema → requester signature → job schema → freshness →
+addressed to this node → replay → model served here → operator limits → queue space.
+
+A peer can never crash the node: every stream handler ends in a catch-all that logs and resets
+the stream. Every write has a deadline, and a peer that does not read is treated as gone
+(py-libp2p stalls a connection whose peer leaves large writes unread; see docs/decisions.md).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+import trio
+
+from ..attestation.png import embed_provenance
+from ..attestation.sign import attest
+from ..attestation.statement import GenerationRecord
+from ..protocol import framing
+from ..protocol.errors import FrameError, JobRejected, PointillistError, RemoteError, TransportError, VerificationError
+from ..protocol.identity import Identity
+from ..protocol.jobs import SignedJob, check_fresh, open_job
+from ..protocol.messages import (
+    AcceptedMessage,
+    ErrorMessage,
+    ProgressMessage,
+    ResultMessage,
+    parse_request,
+    to_wire,
+)
+from .limits import NodeLimits
+from .replay import ReplayCache
+
+log = logging.getLogger("pointillist.node")
+
+READ_REQUEST_TIMEOUT_S = 10.0
+WRITE_TIMEOUT_S = 30.0
+POINTILLIST_VERSION = "0.1.0"
+
+
+class GenerationCancelled(Exception):
+    """Raised inside the generation thread to stop a job when the node shuts down."""
+
+
+class Model(Protocol):
+    """What the service needs of a loaded model (``pipeline.LoadedModel`` provides it)."""
+
+    name: str
+    digest: str
+
+    def generate(self, params: Any, on_step: Callable[[int, int], None] | None = None) -> Any: ...
+
+
+class ServedModels:
+    """The operator's models. Jobs name one by name or by full digest; nothing else is loadable."""
+
+    def __init__(self, models: list[Model]) -> None:
+        if not models:
+            raise ValueError("a node serves at least one model")
+        self._models = list(models)
+
+    def __iter__(self):
+        return iter(self._models)
+
+    def find(self, ref: str) -> Model:
+        for m in self._models:
+            if ref in (m.name, m.digest):
+                return m
+        served = ", ".join(f"{m.name} ({m.digest[:12]})" for m in self._models)
+        raise JobRejected("unknown-model", f"model {ref[:80]!r} is not served here; served: {served}")
+
+
+@dataclass
+class NodeStats:
+    accepted: int = 0
+    completed: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    failed: int = 0
+
+
+class JobService:
+    def __init__(
+        self,
+        identity: Identity,
+        models: ServedModels,
+        *,
+        limits: NodeLimits | None = None,
+        replay: ReplayCache | None = None,
+        clock: Callable[[], float] = time.time,
+        make_params: Callable[[SignedJob], Any] | None = None,
+    ) -> None:
+        self.identity = identity
+        self.models = models
+        self.limits = limits or NodeLimits()
+        self.replay = replay or ReplayCache()
+        self.clock = clock
+        self.stats = NodeStats()
+        self._make_params = make_params or _default_params
+        self._gpu = trio.Lock()  # one generation at a time on this device
+        self._waiting = 0  # jobs admitted and not yet finished (running one included)
+        self._shutting_down = threading.Event()
+
+    @property
+    def queue_depth(self) -> int:
+        return self._waiting
+
+    def shutdown(self) -> None:
+        """Ask a running generation to stop at its next step."""
+        self._shutting_down.set()
+
+    # ---- stream handler -------------------------------------------------------------------
+
+    async def handle_stream(self, stream: Any) -> None:
+        peer = _remote_peer(stream)
+        try:
+            await self._serve(stream, peer)
+        except TransportError as exc:
+            log.info("peer %s: %s", peer, exc)
+        except trio.Cancelled:
+            raise
+        except Exception:  # a bug of ours must not take the node down either
+            log.exception("peer %s: internal error while serving a job", peer)
+            await _send_error(stream, JobRejected("internal", "internal error on the node"))
+        finally:
+            await _close(stream)
+
+    async def _serve(self, stream: Any, peer: str) -> None:
+        try:
+            with trio.fail_after(READ_REQUEST_TIMEOUT_S):
+                frame = await framing.read_frame(stream, framing.MAX_REQUEST_FRAME)
+        except trio.TooSlowError:
+            return await self._reject(stream, peer, JobRejected("timeout", "no complete request frame in time"))
+        except FrameError as exc:
+            code = "frame-too-large" if "exceeds" in str(exc) else "bad-frame"
+            return await self._reject(stream, peer, JobRejected(code, str(exc)))
+        try:
+            job = self._admit(parse_request(frame).envelope.to_envelope())
+        except JobRejected as exc:
+            return await self._reject(stream, peer, exc)
+        except FrameError as exc:
+            return await self._reject(stream, peer, JobRejected("bad-frame", str(exc)))
+
+        request = job.request
+        model = self.models.find(request.model)  # already checked in _admit
+        self._waiting += 1
+        self.stats.accepted += 1
+        try:
+            log.info("job %s from %s accepted (%d ahead)", request.job_id, job.requester, self._waiting - 1)
+            await self._write(stream, AcceptedMessage(t="accepted", jobId=request.job_id, position=self._waiting - 1))
+            async with self._gpu:
+                png = await self._run(stream, job, model)
+        except JobRejected as exc:
+            return await self._reject(stream, peer, exc)
+        finally:
+            self._waiting -= 1
+        self.stats.completed += 1
+        log.info("job %s done (%d bytes)", request.job_id, len(png))
+        await self._write(stream, ResultMessage(t="result", jobId=request.job_id, png=png))
+
+    def _admit(self, envelope: Any) -> SignedJob:
+        """All checks before any work; raises ``JobRejected`` with the code the requester sees."""
+        try:
+            job = open_job(envelope)
+        except VerificationError as exc:
+            raise JobRejected("bad-signature", str(exc)) from exc
+        except RemoteError as exc:
+            raise JobRejected("bad-frame", str(exc)) from exc
+        request = job.request
+        now = self.clock()
+        try:
+            check_fresh(request, now)
+        except VerificationError as exc:
+            raise JobRejected("expired", str(exc)) from exc
+        if request.node != self.identity.peer_id:
+            raise JobRejected("wrong-node", f"job is addressed to {request.node}, this is {self.identity.peer_id}")
+        self.models.find(request.model)
+        self.limits.check(request)
+        if self._waiting > self.limits.queue_size:
+            raise JobRejected("busy", f"queue full ({self.limits.queue_size} waiting)")
+        # Remembered last: a job refused for limits or a full queue may be retried as it is.
+        self.replay.check_and_remember(request.job_id, request.nonce, request.expires_at, now)
+        return job
+
+    async def _run(self, stream: Any, job: SignedJob, model: Model) -> bytes:
+        send, receive = trio.open_memory_channel[tuple[int, int]](job.request.steps + 2)
+        params = self._make_params(job)
+        result: dict[str, bytes] = {}
+
+        def on_step(step: int, total: int) -> None:
+            if self._shutting_down.is_set():
+                raise GenerationCancelled("node is shutting down")
+            try:
+                trio.from_thread.run_sync(send.send_nowait, (step, total))
+            except (trio.WouldBlock, trio.BrokenResourceError, trio.RunFinishedError):
+                pass  # progress is best effort; the result is what matters
+
+        def work() -> None:
+            generated = model.generate(params, on_step)
+            result["png"] = self._attest(job, model, generated)
+
+        async def forward_progress() -> None:
+            deliverable = True
+            async with receive:
+                async for step, total in receive:
+                    if deliverable:
+                        try:
+                            await self._write(stream, ProgressMessage(t="progress", step=step, total=total))
+                        except TransportError:
+                            deliverable = False  # keep generating; the requester may come back
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(forward_progress)
+            try:
+                await self._write(stream, ProgressMessage(t="progress", step=0, total=job.request.steps))
+            except TransportError:
+                pass
+            try:
+                await trio.to_thread.run_sync(work)
+            except GenerationCancelled as exc:
+                raise JobRejected("internal", str(exc)) from exc
+            except PointillistError:
+                raise
+            except Exception as exc:
+                self.stats.failed += 1
+                log.exception("job %s failed in the pipeline", job.request.job_id)
+                raise JobRejected("internal", f"generation failed: {type(exc).__name__}") from exc
+            finally:
+                await send.aclose()
+        return result["png"]
+
+    def _attest(self, job: SignedJob, model: Model, generated: Any) -> bytes:
+        r = job.request
+        record = GenerationRecord(
+            model_name=model.name,
+            model_digest=model.digest,
+            pipeline=generated.pipeline,
+            scheduler=generated.scheduler,
+            prompt=r.prompt,
+            negative_prompt=r.negative_prompt,
+            seed=r.seed_int(),
+            steps=r.steps,
+            guidance=r.guidance,
+            width=r.width,
+            height=r.height,
+            dtype=generated.dtype,
+            device=generated.device,
+            torch_threads=generated.torch_threads,
+            libraries={**generated.libraries, "pointillist": POINTILLIST_VERSION},
+            job_id=r.job_id,
+            requester=job.requester,
+            request_sha256=job.payload_sha256,
+            node=self.identity.peer_id,
+            created_at=_rfc3339(self.clock()),
+        )
+        envelope = attest(self.identity, record, generated.image)
+        return embed_provenance(generated.image, envelope, job.envelope)
+
+    async def _reject(self, stream: Any, peer: str, exc: JobRejected) -> None:
+        self.stats.rejected[exc.code] = self.stats.rejected.get(exc.code, 0) + 1
+        log.info("peer %s: refused (%s): %s", peer, exc.code, exc.message)
+        await _send_error(stream, exc)
+
+    async def _write(self, stream: Any, message: Any) -> None:
+        try:
+            with trio.fail_after(WRITE_TIMEOUT_S):
+                await framing.write_frame(stream, to_wire(message))
+        except trio.TooSlowError as exc:
+            raise TransportError("peer did not read within the write deadline") from exc
+
+
+def _default_params(job: SignedJob) -> Any:
+    from .pipeline import GenerationParams  # the generation path: torch is imported here
+
+    r = job.request
+    return GenerationParams(
+        prompt=r.prompt,
+        negative_prompt=r.negative_prompt,
+        seed=r.seed_int(),
+        steps=r.steps,
+        guidance=r.guidance,
+        width=r.width,
+        height=r.height,
+    )
+
+
+async def _send_error(stream: Any, exc: JobRejected) -> None:
+    message = ErrorMessage(t="error", code=exc.code, message=exc.message[:2000])
+    try:
+        with trio.fail_after(5):
+            await framing.write_frame(stream, to_wire(message))
+    except (TransportError, trio.TooSlowError):
+        pass
+    except Exception:  # the stream may be in any state; the error reply is best effort
+        log.debug("could not send error reply", exc_info=True)
+
+
+async def _close(stream: Any) -> None:
+    try:
+        with trio.move_on_after(2):
+            await stream.close()
+    except Exception:
+        try:
+            await stream.reset()
+        except Exception:
+            pass
+
+
+def _remote_peer(stream: Any) -> str:
+    try:
+        return str(stream.muxed_conn.peer_id)
+    except Exception:
+        return "?"
+
+
+def _rfc3339(ts: float) -> str:
+    return _dt.datetime.fromtimestamp(int(ts), _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -1,0 +1,168 @@
+import json
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pointillist.node.limits import NodeLimits
+from pointillist.node.replay import ReplayCache
+from pointillist.protocol import framing
+from pointillist.protocol.dsse import Envelope, pae, sign_envelope
+from pointillist.protocol.errors import FrameError, JobRejected, RemoteError, SignatureError, TransportError, UsageError, VerificationError
+from pointillist.protocol.identity import Identity
+from pointillist.protocol.jobs import JOB_PAYLOAD_TYPE, check_fresh, new_job_request, open_job, sign_job
+from pointillist.protocol.messages import JobMessage, WireEnvelope, parse_reply, parse_request, to_wire
+
+REQUESTER = Identity(bytes(range(32)))
+NODE = Identity(bytes(range(1, 33)))
+
+
+def make_request(**over):
+    args = dict(node=NODE.peer_id, model="tiny-sd", prompt="a cat", seed=7, steps=4, guidance=7.5,
+                width=64, height=64, now=1_000_000)
+    args.update(over)
+    return new_job_request(**args)
+
+
+def test_pae_matches_dsse_spec_example():
+    # from the DSSE protocol document
+    assert pae("http://example.com/HelloWorld", b"hello world") == (
+        b"DSSEv1 29 http://example.com/HelloWorld 11 hello world"
+    )
+
+
+def test_job_round_trip_and_seed_as_string():
+    request = make_request(seed=2**64 - 1)
+    job = open_job(Envelope.from_json(sign_job(REQUESTER, request).to_json()))
+    assert job.request == request and job.requester == REQUESTER.peer_id
+    assert json.loads(job.envelope.payload)["seed"] == str(2**64 - 1)
+
+
+def test_tampered_job_fails_signature():
+    env = sign_job(REQUESTER, make_request())
+    tampered = Envelope(env.payload_type, env.payload.replace(b'"a cat"', b'"a dog"'), env.keyid, env.sig)
+    with pytest.raises(SignatureError):
+        open_job(tampered)
+
+
+def test_job_signature_is_not_valid_under_another_payload_type():
+    env = sign_job(REQUESTER, make_request())
+    with pytest.raises(VerificationError):
+        open_job(Envelope("application/vnd.in-toto+json", env.payload, env.keyid, env.sig))
+
+
+def test_signed_garbage_payload_is_remote_error():
+    env = sign_envelope(REQUESTER, JOB_PAYLOAD_TYPE, b'{"v":1}')
+    with pytest.raises(RemoteError, match="invalid job field"):
+        open_job(env)
+
+
+def test_freshness():
+    request = make_request(now=1000, lifetime_s=600)
+    check_fresh(request, 1000)
+    with pytest.raises(VerificationError, match="expired"):
+        check_fresh(request, 1600)
+    with pytest.raises(VerificationError, match="future"):
+        check_fresh(request, 500)
+    with pytest.raises(VerificationError, match="lifetime"):
+        check_fresh(make_request(now=1000, lifetime_s=10_000), 1001)
+
+
+def test_user_mistakes_in_a_request_are_usage_errors():
+    with pytest.raises(UsageError, match="steps"):
+        make_request(steps=0)
+    with pytest.raises(UsageError, match="seed"):
+        make_request(seed=2**64)
+
+
+def test_replay_cache_refuses_same_id_or_nonce_until_expiry():
+    cache = ReplayCache()
+    cache.check_and_remember("a" * 32, "b" * 32, expires_at=100, now=0)
+    with pytest.raises(JobRejected) as e:
+        cache.check_and_remember("a" * 32, "c" * 32, expires_at=100, now=1)
+    assert e.value.code == "replayed"
+    with pytest.raises(JobRejected):
+        cache.check_and_remember("d" * 32, "b" * 32, expires_at=100, now=1)
+    cache.check_and_remember("a" * 32, "b" * 32, expires_at=300, now=100)  # expired entries pruned
+
+
+def test_full_replay_cache_refuses_rather_than_forgets():
+    cache = ReplayCache(max_entries=2)
+    cache.check_and_remember("a" * 32, "b" * 32, expires_at=100, now=0)
+    with pytest.raises(JobRejected) as e:
+        cache.check_and_remember("c" * 32, "d" * 32, expires_at=100, now=1)
+    assert e.value.code == "busy"
+
+
+def test_limits_name_the_problem():
+    NodeLimits().check(make_request())
+    with pytest.raises(JobRejected, match="multiple of 8"):
+        NodeLimits().check(make_request(width=65))
+    with pytest.raises(JobRejected, match="steps"):
+        NodeLimits(max_steps=3).check(make_request())
+
+
+def test_frame_round_trip_and_limits():
+    msg = to_wire(JobMessage(t="job", envelope=WireEnvelope.from_envelope(sign_job(REQUESTER, make_request()))))
+    frame = framing.encode_frame(msg, framing.MAX_REQUEST_FRAME)
+    length = framing.parse_header(frame[:4], framing.MAX_REQUEST_FRAME)
+    assert parse_request(framing.decode_body(frame[4:4 + length], framing.MAX_REQUEST_FRAME)) == parse_request(msg)
+    with pytest.raises(FrameError, match="exceeds"):
+        framing.parse_header((framing.MAX_REQUEST_FRAME + 1).to_bytes(4, "big"), framing.MAX_REQUEST_FRAME)
+    with pytest.raises(FrameError):
+        framing.parse_header(b"\0\0\0\0", 100)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=512))
+def test_decode_body_never_raises_anything_but_frame_error(data):
+    try:
+        obj = framing.decode_body(data, framing.MAX_REQUEST_FRAME)
+    except FrameError:
+        return
+    try:
+        parse_request(obj)
+    except FrameError:
+        pass
+
+
+@pytest.mark.parametrize("obj", [
+    {"t": "job"},
+    {"t": "job", "envelope": {"payloadType": "x", "payload": "str-not-bytes", "keyid": "k", "sig": b"0" * 64}},
+    {"t": "job", "envelope": {"payloadType": "x", "payload": b"", "keyid": "k", "sig": b"short"}},
+    {"t": "result", "jobId": "x", "png": b""},
+    {"t": "job", "envelope": {"payloadType": "x", "payload": b"", "keyid": "k", "sig": b"0" * 64}, "extra": 1},
+])
+def test_bad_requests_are_frame_errors(obj):
+    with pytest.raises(FrameError):
+        parse_request(obj)
+
+
+def test_reply_types():
+    assert parse_reply({"t": "error", "code": "busy", "message": "m"}).code == "busy"
+    with pytest.raises(FrameError):
+        parse_reply({"t": "progress", "step": -1, "total": 4})
+
+
+class ChunkyStream:
+    """Hands out data a few bytes at a time, as a muxer may."""
+
+    def __init__(self, data: bytes, chunk: int) -> None:
+        self.data, self.chunk = data, chunk
+
+    async def read(self, n=None):
+        out, self.data = self.data[: min(n, self.chunk)], self.data[min(n, self.chunk):]
+        return out
+
+
+async def test_read_frame_survives_thousands_of_partial_reads():
+    # py-libp2p's read_exactly gives up after 100 partial reads; ours must not.
+    body = msgpack.packb({"t": "progress", "step": 1, "total": 2, "pad": b"x" * 5000})
+    frame = len(body).to_bytes(4, "big") + body
+    assert (await framing.read_frame(ChunkyStream(frame, 3), 10_000))["pad"] == b"x" * 5000
+
+
+async def test_eof_midway_is_transport_error():
+    with pytest.raises(TransportError):
+        await framing.read_frame(ChunkyStream(b"\0\0\0\x10abc", 100), 100)
