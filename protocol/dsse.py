@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from .errors import SignatureError, VerificationError
 from .identity import Identity, verify_signature
+from .strict_json import StrictJSONError, loads_strict
 
 
 def pae(payload_type: str, payload: bytes) -> bytes:
@@ -48,9 +49,9 @@ class Envelope:
     def from_json(cls, data: bytes | str) -> "Envelope":
         """Parse the JSON form strictly; any deviation raises ``VerificationError``."""
         try:
-            obj = json.loads(data)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise VerificationError("envelope is not valid JSON") from exc
+            obj = loads_strict(data)
+        except StrictJSONError as exc:
+            raise VerificationError(f"envelope: {exc}") from None
         return cls.from_json_dict(obj)
 
     @classmethod

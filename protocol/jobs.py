@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from .dsse import Envelope, sign_envelope
 from .errors import RemoteError, UsageError, VerificationError
 from .identity import Identity
+from .strict_json import StrictJSONError, loads_strict
 
 JOB_PAYLOAD_TYPE = "application/vnd.pointillist.job.v1+json"
 
@@ -141,9 +142,9 @@ def open_job(envelope: Envelope) -> SignedJob:
 
 def parse_job_payload(payload: bytes) -> JobRequest:
     try:
-        obj = json.loads(payload)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise RemoteError("job payload is not JSON") from exc
+        obj = loads_strict(payload)
+    except StrictJSONError as exc:
+        raise RemoteError(f"job payload: {exc}") from None
     try:
         return JobRequest.model_validate(obj)
     except ValidationError as exc:

@@ -1,0 +1,243 @@
+"""Regenerate the attestation test vectors in this folder, byte for byte.
+
+    .venv/bin/python docs/attestation-vectors/generate.py [OUT_DIR]
+
+Everything is fixed: the Ed25519 seeds, the times, the 16x16 gradient image; Ed25519 signatures
+are deterministic, and so is Pillow's PNG writer for a given zlib. ``index.json`` lists every
+vector with its expected outcome; tests/test_attestation_vectors.py checks both the outcomes and
+that this script reproduces the committed files. No torch: the "generation" is a gradient.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+from pointillist.attestation import (
+    ATTESTATION_KEYWORD,
+    ATTESTATION_PAYLOAD_TYPE,
+    JOB_KEYWORD,
+    PARAMETERS_KEYWORD,
+    GenerationRecord,
+    a1111_parameters,
+    attest,
+    embed_provenance,
+)
+from pointillist.attestation.png import _encode_png  # to write the broken files embed refuses to
+from pointillist.protocol.dsse import Envelope, pae, sign_envelope
+from pointillist.protocol.identity import Identity
+from pointillist.protocol.jobs import JobRequest, sign_job
+
+NODE = Identity(bytes(range(0, 32)))
+REQUESTER = Identity(bytes(range(32, 64)))
+OTHER = Identity(bytes(range(64, 96)))  # neither: the forger
+
+ISSUED_AT = 1795341600  # 2026-11-22T10:00:00Z
+CREATED_AT = "2026-11-22T10:00:05Z"
+MODEL_NAME = "tiny-sd-vectors"
+MODEL_DIGEST = hashlib.sha256(b"pointillist attestation test vector model").hexdigest()
+LIBRARIES = {"torch": "2.13.0", "diffusers": "0.42.1", "transformers": "5.23.0", "pointillist": "0.1.0"}
+
+
+def gradient() -> Image.Image:
+    """16x16 RGB, pixel (x, y) = (17x, 17y, 8(x+y)): 256 distinct colours."""
+    image = Image.new("RGB", (16, 16))
+    image.putdata([(17 * x, 17 * y, 8 * (x + y)) for y in range(16) for x in range(16)])
+    return image
+
+
+def job_request(job_id: str, prompt: str, negative: str = "blurry", seed: str = "1234") -> JobRequest:
+    return JobRequest(
+        jobId=job_id,
+        nonce="0f" * 16,
+        issuedAt=ISSUED_AT,
+        expiresAt=ISSUED_AT + 600,
+        node=NODE.peer_id,
+        model=MODEL_NAME,
+        prompt=prompt,
+        negativePrompt=negative,
+        seed=seed,
+        steps=20,
+        guidance=7.5,
+        width=16,
+        height=16,
+    )
+
+
+def record_for(job: Envelope, request: JobRequest) -> GenerationRecord:
+    return GenerationRecord(
+        model_name=MODEL_NAME,
+        model_digest=MODEL_DIGEST,
+        pipeline="StableDiffusionPipeline",
+        scheduler="PNDMScheduler",
+        prompt=request.prompt,
+        negative_prompt=request.negative_prompt,
+        seed=request.seed_int(),
+        steps=request.steps,
+        guidance=request.guidance,
+        width=request.width,
+        height=request.height,
+        dtype="float32",
+        device="cpu",
+        torch_threads=1,
+        libraries=dict(LIBRARIES),
+        job_id=request.job_id,
+        requester=job.keyid,
+        request_sha256=hashlib.sha256(job.payload).hexdigest(),
+        node=NODE.peer_id,
+        created_at=CREATED_AT,
+    )
+
+
+def texts(attestation: Envelope | str, job: Envelope | str | None, parameters: str | None) -> list[tuple[str, str]]:
+    """The chunks ``embed_provenance`` writes, in its order, from pieces that may be broken."""
+    out = []
+    if parameters is not None:
+        out.append((PARAMETERS_KEYWORD, parameters))
+    out.append((ATTESTATION_KEYWORD, attestation if isinstance(attestation, str) else attestation.to_json().decode()))
+    if job is not None:
+        out.append((JOB_KEYWORD, job if isinstance(job, str) else job.to_json().decode()))
+    return out
+
+
+def edited(envelope: Envelope, old: bytes, new: bytes) -> Envelope:
+    """The same envelope and signature over a payload with one edit."""
+    assert envelope.payload.count(old) == 1, old
+    return Envelope(envelope.payload_type, envelope.payload.replace(old, new), envelope.keyid, envelope.sig)
+
+
+def build_vectors() -> dict[str, bytes]:
+    """File name -> bytes of every vector, ``index.json`` included. Pure."""
+    image = gradient()
+    request = job_request("00112233445566778899aabbccddeeff", "a lighthouse at dusk, oil painting")
+    job = sign_job(REQUESTER, request)
+    record = record_for(job, request)
+    attestation = attest(NODE, record, image)
+    parameters = a1111_parameters(record)
+    payload = attestation.payload
+
+    files: dict[str, bytes] = {}
+    index: list[dict] = []
+
+    def add(name, data, expect, check=None, reason=None, description="", kind="png", **extra):
+        if name not in files:
+            files[name] = data
+        index.append(
+            {"file": name, "kind": kind, **extra, "expect": expect, "check": check, "reason": reason,
+             "description": description}
+        )
+
+    def png(name, check, reason, description, pixels=image, **chunks):
+        data = _encode_png(pixels, texts(**{"attestation": attestation, "job": job, "parameters": parameters, **chunks}))
+        add(name, data, "invalid", check, reason, description)
+
+    valid_png = embed_provenance(image, attestation, job)
+    add("valid.png", valid_png, "valid", description="A node's output: attestation, job and A1111 text.")
+    add("valid.png", valid_png, "valid", description="Expecting the right node and a 10-hex model prefix.",
+        options={"expect_node": NODE.peer_id, "expect_model": MODEL_DIGEST[:10]})
+    add("valid.png", valid_png, "invalid", "node", "expected",
+        description="Expecting another node.", options={"expect_node": OTHER.peer_id})
+    add("valid.png", valid_png, "invalid", "model", "expected other-model",
+        description="Expecting another model.", options={"expect_model": "other-model"})
+    add("valid.json", attestation.to_json(), "valid", kind="envelope", image="valid.png",
+        description="The attestation envelope of valid.png alone.")
+    add("job.json", job.to_json(), "valid", kind="job", description="The requester's signed job of valid.png.")
+
+    u_request = job_request("ffeeddccbbaa99887766554433221100", "灯台、夕暮れ —油彩", negative="")
+    u_job = sign_job(REQUESTER, u_request)
+    u_record = record_for(u_job, u_request)
+    add("valid-unicode.png", embed_provenance(image, attest(NODE, u_record, image), u_job), "valid",
+        description="Non-Latin-1 prompt: UTF-8 statement, parameters written as iTXt, no negative line.")
+
+    palette = Image.new("P", image.size)
+    palette.putpalette(image.tobytes())  # colour i is pixel i, row-major
+    palette.putdata(range(256))
+    add("valid-palette.png", _encode_png(palette, texts(attestation, job, parameters)), "valid",
+        description="valid.png losslessly re-encoded as a palette PNG, chunks kept: same RGB8 pixels.")
+
+    touched = image.copy()
+    touched.putpixel((0, 0), (1, 0, 0))
+    png("tampered-pixels.png", "pixels", "differs from the signed", "One pixel changed after signing.",
+        pixels=touched)
+    png("cropped.png", "pixels", "the attestation is for rgb8:16x16", "Cropped to 8x8 after signing.",
+        pixels=image.crop((0, 0, 8, 8)))
+    transparent = image.convert("RGBA")
+    transparent.putpixel((3, 3), (51, 51, 48, 0))
+    png("transparent.png", "pixels", "transparent", "Same RGB values, but one pixel made transparent.",
+        pixels=transparent)
+    png("tampered-seed.png", "signature", "envelope signature invalid",
+        "Payload seed edited 1234 -> 1235, signature kept.",
+        attestation=edited(attestation, b'"seed":"1234"', b'"seed":"1235"'))
+    png("tampered-model-digest.png", "signature", "envelope signature invalid",
+        "Payload model digest edited, signature kept.",
+        attestation=edited(attestation, MODEL_DIGEST.encode(), hashlib.sha256(b"other").hexdigest().encode()))
+    png("forged-keyid.png", "signature", "envelope signature invalid",
+        "Signed by another key while keyid claims the node.",
+        attestation=Envelope(ATTESTATION_PAYLOAD_TYPE, payload, NODE.peer_id,
+                             OTHER.sign(pae(ATTESTATION_PAYLOAD_TYPE, payload))))
+    png("resigned-other-key.png", "signature", "but the statement names node",
+        "Validly re-signed by another key (keyid is that key); the statement still names the node.",
+        attestation=sign_envelope(OTHER, ATTESTATION_PAYLOAD_TYPE, payload))
+    reencoded = json.dumps(json.loads(payload), indent=2, sort_keys=True, ensure_ascii=False).encode()
+    png("reencoded-payload.png", "signature", "envelope signature invalid",
+        "Payload JSON re-serialised with other spacing, same content; the signature covers bytes.",
+        attestation=Envelope(ATTESTATION_PAYLOAD_TYPE, reencoded, attestation.keyid, attestation.sig))
+    png("truncated-envelope.png", "attestation", "not valid JSON", "Attestation envelope JSON cut in half.",
+        attestation=attestation.to_json().decode()[: len(attestation.to_json()) // 2])
+    png("wrong-payload-type.png", "attestation", "payload type is 'application/json'",
+        "The node signed the same statement under payload type application/json.",
+        attestation=sign_envelope(NODE, "application/json", payload))
+    other_request = job_request(request.job_id, "a burning lighthouse", seed="4321")
+    png("job-mismatch.png", "job binding", "requestSha256, prompt, seed",
+        "A validly signed job with the same id but another prompt and seed.", job=sign_job(REQUESTER, other_request))
+    png("job-other-signer.png", "job binding", "differs from the attestation in requester",
+        "The same job validly signed by another key (keyid is that key).", job=sign_job(OTHER, request))
+    png("job-bad-signature.png", "job binding", "job envelope: envelope signature invalid",
+        "The job's keyid is the requester but another key signed it.",
+        job=Envelope(job.payload_type, job.payload, job.keyid, OTHER.sign(pae(job.payload_type, job.payload))))
+    png("edited-parameters.png", "parameters", "was edited", "A1111 text edited (Seed 1234 -> 99).",
+        parameters=parameters.replace("Seed: 1234", "Seed: 99"))
+    png("no-job.png", "job binding", "no job embedded", "Attestation without the job envelope.", job=None)
+    plain = io.BytesIO()
+    Image.open(io.BytesIO(valid_png)).save(plain, format="PNG")
+    add("reencoded-no-chunks.png", plain.getvalue(), "invalid", "attestation", "no attestation",
+        description="valid.png re-saved by Pillow, which drops text chunks.")
+    add("truncated.png", valid_png[: len(valid_png) // 2], "invalid", "attestation", "not a readable PNG",
+        description="valid.png cut in half.")
+    add("not-a-png.bin", b"GIF89a this is not a PNG\n", "invalid", "attestation", "not a readable PNG",
+        description="Not a PNG at all.")
+    add("tampered-seed.json", edited(attestation, b'"seed":"1234"', b'"seed":"1235"').to_json(), "invalid",
+        reason="envelope signature invalid", kind="envelope", image="valid.png",
+        description="The envelope of tampered-seed.png alone.")
+    add("resigned-other-key.json", sign_envelope(OTHER, ATTESTATION_PAYLOAD_TYPE, payload).to_json(), "invalid",
+        reason="but the statement names node", kind="envelope", image="valid.png",
+        description="The envelope of resigned-other-key.png alone.")
+
+    document = {
+        "description": "Pointillist attestation test vectors; see docs/attestation.md, section Test vectors.",
+        "keys": {
+            "node": {"seed": bytes(range(0, 32)).hex(), "peerId": NODE.peer_id},
+            "requester": {"seed": bytes(range(32, 64)).hex(), "peerId": REQUESTER.peer_id},
+            "other": {"seed": bytes(range(64, 96)).hex(), "peerId": OTHER.peer_id},
+        },
+        "vectors": index,
+    }
+    files["index.json"] = (json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode()
+    return files
+
+
+def main(argv: list[str]) -> int:
+    out = Path(argv[1]) if len(argv) > 1 else Path(__file__).resolve().parent
+    out.mkdir(parents=True, exist_ok=True)
+    for name, data in sorted(build_vectors().items()):
+        (out / name).write_bytes(data)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
