@@ -50,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
         return _submit_and_check(args, demo_dir, infos)
     finally:
         for node in nodes:
+            node.terminate()
+        for node in nodes:
             node.stop()
         say("nodes stopped")
 
@@ -111,6 +113,10 @@ class NodeProcess:
                 raise PointillistError(f"node in {self.home} exited with {self.proc.returncode}; see {self.home}/node.log")
             time.sleep(0.1)
         raise PointillistError(f"node in {self.home} not ready after {timeout_s:.0f} s; see {self.home}/node.log")
+
+    def terminate(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
 
     def stop(self, timeout_s: float = 20.0) -> None:
         if self.proc is not None and self.proc.poll() is None:

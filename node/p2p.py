@@ -36,7 +36,14 @@ def build_host(identity: Identity) -> IHost:
         key_pair=key_pair,
         sec_opt={NOISE_PROTOCOL_ID: noise},
         muxer_preference="YAMUX",
-        connection_config=ConnectionConfig(max_connections_per_peer=1, dial_timeout=DIAL_TIMEOUT_S),
+        connection_config=ConnectionConfig(
+            max_connections_per_peer=1,
+            dial_timeout=DIAL_TIMEOUT_S,
+            # py-libp2p's default keeps >= 50 connections by dialing every known peer
+            # ("initiating 200 new dials" each interval); we dial only whom we need.
+            min_connections=0,
+            low_watermark=0,
+        ),
     )
 
 
@@ -80,9 +87,28 @@ async def running_host(identity: Identity, listen: list[str] | None = None) -> A
     addrs = [parse_listen_addr(a) for a in (listen or [DEFAULT_LISTEN])]
     try:
         async with host.run(addrs):
-            yield host
+            try:
+                yield host
+            finally:
+                await _disconnect_all(host)
     except OSError as exc:
         raise TransportError(f"cannot listen on {', '.join(map(str, addrs))}: {exc.strerror or exc}") from exc
+
+
+async def _disconnect_all(host: IHost) -> None:
+    """Close every connection before the host stops.
+
+    py-libp2p 0.8.1 leaves connections open when ``host.run()`` exits, and the remote side keeps
+    counting them: a peer ID that reconnected eight times in a process was then refused by the
+    node ("Established per peer limit exceeded: 8 >= 8") for 30 s. Regression test:
+    tests/test_libp2p_defects.py.
+    """
+    with trio.move_on_after(2):
+        for peer_id in list(host.get_network().connections):
+            try:
+                await host.disconnect(peer_id)
+            except Exception:  # best effort: the connection may already be gone
+                pass
 
 
 async def connect(host: IHost, peer: PeerInfo, timeout_s: float = DIAL_TIMEOUT_S) -> None:

@@ -1,0 +1,91 @@
+"""Helpers for tests that run the real CLI and real nodes in child processes on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+NODE_START_TIMEOUT_S = 240
+
+
+def cli_env(home: Path, **extra: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "POINTILLIST_HOME": str(home),
+        "HF_HUB_OFFLINE": "1",
+        # pinned so images are bit-identical to an in-process call with torch.set_num_threads(1)
+        "OMP_NUM_THREADS": "1",
+        **extra,
+    }
+
+
+def run_cli(args: list[str], home: Path, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
+    """Run the real ``pointillist`` command in a child process."""
+    return subprocess.run(
+        [sys.executable, "-m", "pointillist.cli", *args],
+        env=cli_env(home),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kw,
+    )
+
+
+class NodeHandle:
+    def __init__(self, home: Path, extra_args: list[str]) -> None:
+        self.home = home
+        home.mkdir(parents=True, exist_ok=True)
+        self.ready_file = home / "ready.json"
+        self.log_path = home / "node.log"
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pointillist.cli", "node", "start",
+             "--ready-file", str(self.ready_file), *extra_args],
+            env=cli_env(home), stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+        self.info: dict = {}
+
+    def wait_ready(self) -> "NodeHandle":
+        deadline = time.monotonic() + NODE_START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.ready_file.exists():
+                self.info = json.loads(self.ready_file.read_text())
+                return self
+            if self.proc.poll() is not None:
+                raise AssertionError(f"node exited {self.proc.returncode}:\n{self.log()}")
+            time.sleep(0.1)
+        raise AssertionError(f"node not ready:\n{self.log()}")
+
+    @property
+    def peer_id(self) -> str:
+        return self.info["peer_id"]
+
+    @property
+    def addr(self) -> str:
+        return self.info["addrs"][0]
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
