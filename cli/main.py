@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 from typing import Sequence
 
@@ -38,18 +39,47 @@ def _module(name: str):
     return importlib.import_module(f"pointillist.cli.{name}")
 
 
+_LIBRARIES = ("libp2p", "multiaddr", "async_service", "diffusers", "transformers", "urllib3", "httpx")
+
+
+class _LibraryLogFilter(logging.Filter):
+    """Drop libraries' records below ``threshold``. A handler filter, because py-libp2p resets
+    its loggers' levels when it is imported, which happens after start-up."""
+
+    def __init__(self, threshold: int) -> None:
+        super().__init__()
+        self.threshold = threshold
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name.split(".", 1)[0] not in _LIBRARIES or record.levelno >= self.threshold
+
+
+def configure_logging(*, verbose: bool, serving: bool) -> None:
+    """Commands log warnings only, libraries nothing (their failures reach the user as our
+    one-line errors); a node logs its own activity at INFO and libraries' warnings."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    threshold = logging.DEBUG if verbose else logging.WARNING if serving else logging.CRITICAL + 1
+    handler.addFilter(_LibraryLogFilter(threshold))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO if serving else logging.WARNING)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    from ..protocol.errors import PointillistError
+    from ..protocol.errors import PointillistError, find_ours
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    configure_logging(verbose=args.verbose, serving=args.command == "node")
     try:
         return int(_module(args._module).run(args) or 0)
-    except PointillistError as exc:
-        if args.verbose:
+    except (PointillistError, BaseExceptionGroup) as exc:
+        ours = find_ours(exc)
+        if ours is None or args.verbose:
             raise
-        print(f"error: {exc.diagnostics()}", file=sys.stderr)
-        return exc.exit_code
+        print(f"error: {ours.diagnostics()}", file=sys.stderr)
+        return ours.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import sys
 from pathlib import Path
 
@@ -44,13 +42,6 @@ def run(args: argparse.Namespace) -> int:
     from ..node.runner import NodeConfig, load_models, serve
     from ..protocol.keyfile import default_key_path, load_or_create_identity
 
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    for noisy in ("libp2p", "multiaddr", "async_service"):
-        logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     listen = args.listen or [DEFAULT_LISTEN]
     for addr in listen:
         parse_listen_addr(addr)  # fail on a typo before spending seconds loading models

@@ -7,6 +7,7 @@ connection per peer: py-libp2p otherwise waits out a 250 ms "happy eyeballs" tim
 
 from __future__ import annotations
 
+import logging
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
 
@@ -22,8 +23,13 @@ from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 
-from ..protocol.errors import TransportError, UsageError
+from ..protocol.errors import TransportError, UsageError, find_ours
 from ..protocol.identity import Identity
+
+# py-libp2p cuts its logger off from the application's handlers when imported (no handler,
+# propagate=False), so its warnings reach stderr through logging's last-resort handler whatever
+# the application configured. Re-attach it; the CLI's handler decides what is shown.
+logging.getLogger("libp2p").propagate = True
 
 DEFAULT_LISTEN = "/ip4/127.0.0.1/tcp/0"
 DIAL_TIMEOUT_S = 10.0
@@ -93,6 +99,11 @@ async def running_host(identity: Identity, listen: list[str] | None = None) -> A
                 await _disconnect_all(host)
     except OSError as exc:
         raise TransportError(f"cannot listen on {', '.join(map(str, addrs))}: {exc.strerror or exc}") from exc
+    except BaseExceptionGroup as group:  # host.run() is a nursery: surface our own error
+        ours = find_ours(group)
+        if ours is None:
+            raise
+        raise ours from group
 
 
 async def _disconnect_all(host: IHost) -> None:
@@ -119,10 +130,7 @@ async def connect(host: IHost, peer: PeerInfo, timeout_s: float = DIAL_TIMEOUT_S
         raise TransportError(f"peer {peer.peer_id} did not answer within {timeout_s:.0f} s") from exc
     except Exception as exc:
         if isinstance(exc, (OSError,)) or type(exc).__module__.startswith("libp2p"):
-            raise TransportError(f"cannot reach peer {peer.peer_id}: {_one_line(exc)}") from exc
+            where = ", ".join(str(a) for a in peer.addrs) or "no known address"
+            raise TransportError(f"cannot reach peer {peer.peer_id} at {where}") from exc
         raise
 
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__

@@ -63,3 +63,19 @@ class VerificationError(PointillistError):
 
 class SignatureError(VerificationError):
     pass
+
+
+def find_ours(exc: BaseException) -> PointillistError | None:
+    """The first of our errors inside ``exc``, looking through exception groups and causes.
+
+    trio nurseries (and so py-libp2p's ``host.run()``) wrap what a task raised in
+    ``ExceptionGroup``s; the user should still see our one-line message, not the group.
+    """
+    if isinstance(exc, PointillistError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = find_ours(inner)
+            if found is not None:
+                return found
+    return None
