@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pointillist.protocol.errors import ModelError
+from pointillist.protocol.errors import ModelError, one_line
 
 __all__ = [
     "ALGORITHM",
@@ -68,11 +68,6 @@ class _Entry:
 # scanning
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
-
-
 def _scan(path: Path) -> tuple[bool, list[_Entry]]:
     """Return (is_folder, counted files sorted by relative path bytes)."""
     try:
@@ -80,7 +75,7 @@ def _scan(path: Path) -> tuple[bool, list[_Entry]]:
     except FileNotFoundError as exc:
         raise ModelError(f"model not found: {path}") from exc
     except OSError as exc:
-        raise ModelError(f"cannot read model {path}: {_one_line(exc)}") from exc
+        raise ModelError(f"cannot read model {path}: {one_line(exc)}") from exc
 
     if stat.S_ISREG(st.st_mode):
         if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
@@ -94,14 +89,14 @@ def _scan(path: Path) -> tuple[bool, list[_Entry]]:
     seen_dirs: set[tuple[int, int]] = set()
 
     def onerror(exc: OSError) -> None:
-        raise ModelError(f"cannot read model folder {exc.filename or path}: {_one_line(exc)}") from exc
+        raise ModelError(f"cannot read model folder {exc.filename or path}: {one_line(exc)}") from exc
 
     for dirpath, dirnames, filenames in os.walk(path, onerror=onerror, followlinks=True):
         here = Path(dirpath)
         try:
             dst = here.stat()
         except OSError as exc:
-            raise ModelError(f"cannot read model folder {here}: {_one_line(exc)}") from exc
+            raise ModelError(f"cannot read model folder {here}: {one_line(exc)}") from exc
         key = (dst.st_dev, dst.st_ino)
         if key in seen_dirs:  # a symlink loop or a second link to a folder already walked
             dirnames[:] = []
@@ -119,7 +114,7 @@ def _scan(path: Path) -> tuple[bool, list[_Entry]]:
             try:
                 fst = file_path.stat()  # follows symlinks: a linked file counts with its target
             except OSError as exc:
-                raise ModelError(f"cannot read model file {file_path}: {_one_line(exc)}") from exc
+                raise ModelError(f"cannot read model file {file_path}: {one_line(exc)}") from exc
             if stat.S_ISREG(fst.st_mode):  # skip fifos, sockets, devices
                 entries.append(_Entry(rel, file_path, fst.st_size, fst.st_mtime_ns))
 
@@ -145,7 +140,7 @@ def _sha256_file(path: Path) -> str:
             while chunk := fh.read(CHUNK_SIZE):
                 digest.update(chunk)
     except OSError as exc:
-        raise ModelError(f"cannot read model file {path}: {_one_line(exc)}") from exc
+        raise ModelError(f"cannot read model file {path}: {one_line(exc)}") from exc
     return digest.hexdigest()
 
 
@@ -179,7 +174,7 @@ def _file_digest(entry: _Entry) -> str:
         try:
             data = entry.path.read_bytes()
         except OSError as exc:
-            raise ModelError(f"cannot read model file {entry.path}: {_one_line(exc)}") from exc
+            raise ModelError(f"cannot read model file {entry.path}: {one_line(exc)}") from exc
         canonical = canonical_json_bytes(data)
         return hashlib.sha256(data if canonical is None else canonical).hexdigest()
     return _sha256_file(entry.path)
@@ -236,7 +231,7 @@ def _read_cache(cache_file: Path) -> dict[str, Any]:
     except FileNotFoundError:
         return {}
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
-        log.debug("ignoring unreadable digest cache %s: %s", cache_file, _one_line(exc))
+        log.debug("ignoring unreadable digest cache %s: %s", cache_file, one_line(exc))
         return {}
     if not isinstance(data, dict) or data.get("algorithm") != ALGORITHM:
         return {}
@@ -257,7 +252,7 @@ def _write_cache(cache_file: Path, entries: dict[str, Any]) -> None:
         os.replace(tmp_name, cache_file)
         tmp_name = None
     except OSError as exc:
-        log.debug("cannot write digest cache %s: %s", cache_file, _one_line(exc))
+        log.debug("cannot write digest cache %s: %s", cache_file, one_line(exc))
     finally:
         if tmp_name is not None:
             try:
@@ -282,7 +277,7 @@ def model_digest(path: Path, *, cache_dir: Path | None = None) -> str:
     except FileNotFoundError as exc:
         raise ModelError(f"model not found: {path}") from exc
     except (OSError, RuntimeError) as exc:
-        raise ModelError(f"cannot read model {path}: {_one_line(exc)}") from exc
+        raise ModelError(f"cannot read model {path}: {one_line(exc)}") from exc
 
     is_folder, entries = _scan(path)  # the path as given: a symlinked file keeps its suffix
     fingerprint = _fingerprint(entries)

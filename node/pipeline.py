@@ -41,7 +41,7 @@ from diffusers.utils import logging as _diffusers_logging  # noqa: E402
 from transformers.utils import logging as _transformers_logging  # noqa: E402
 
 from pointillist.node.model_digest import model_digest  # noqa: E402
-from pointillist.protocol.errors import ModelError, UsageError  # noqa: E402
+from pointillist.protocol.errors import ModelError, UsageError, one_line  # noqa: E402
 
 if TYPE_CHECKING:
     import PIL.Image
@@ -80,13 +80,6 @@ def _quiet_libraries() -> None:
 
 
 _quiet_libraries()
-
-
-def _one_line(exc: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    if len(text) > limit:
-        text = text[: limit - 1] + "…"
-    return f"{type(exc).__name__}: {text}"
 
 
 @dataclass(frozen=True)
@@ -265,7 +258,7 @@ def _read_model_index(folder: Path) -> dict[str, Any]:
     try:
         data = json.loads(index.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ModelError(f"cannot read {index}: {_one_line(exc)}") from exc
+        raise ModelError(f"cannot read {index}: {type(exc).__name__}: {one_line(exc)}") from exc
     if not isinstance(data, dict) or not isinstance(data.get("_class_name"), str):
         raise ModelError(f"{index} names no pipeline class (_class_name)")
     return data
@@ -331,7 +324,7 @@ def load_model(
             else:  # e.g. an img2img folder: AutoPipeline picks its text-to-image sibling
                 pipe = diffusers.AutoPipelineForText2Image.from_pretrained(path, **kwargs)
         except Exception as exc:
-            raise ModelError(f"cannot load model {path}: {_one_line(exc)}") from exc
+            raise ModelError(f"cannot load model {path}: {type(exc).__name__}: {one_line(exc)}") from exc
         default_name = path.name
     elif path.suffix.lower() in SINGLE_FILE_SUFFIXES:
         if config is None:
@@ -354,7 +347,7 @@ def load_model(
         try:
             pipe = pipeline_class.from_single_file(str(path), config=str(config), **kwargs)
         except Exception as exc:
-            raise ModelError(f"cannot load checkpoint {path}: {_one_line(exc)}") from exc
+            raise ModelError(f"cannot load checkpoint {path}: {type(exc).__name__}: {one_line(exc)}") from exc
         default_name = path.stem
     else:
         raise ModelError(
@@ -365,7 +358,7 @@ def load_model(
     try:
         pipe = pipe.to(device)
     except Exception as exc:
-        raise ModelError(f"cannot move model {path.name} to {device}: {_one_line(exc)}") from exc
+        raise ModelError(f"cannot move model {path.name} to {device}: {type(exc).__name__}: {one_line(exc)}") from exc
     pipe.set_progress_bar_config(disable=True)
 
     return LoadedModel(

@@ -79,3 +79,11 @@ def find_ours(exc: BaseException) -> PointillistError | None:
             if found is not None:
                 return found
     return None
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """A library exception squeezed into one bounded line, for mapping into our errors."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return text
