@@ -22,6 +22,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
 from pointillist.protocol.errors import UsageError, VerificationError
+from pointillist.protocol.fields import Hex128, PeerIdStr, PromptStr, SeedStr
 from pointillist.protocol.strict_json import StrictJSONError, loads_strict
 
 from .pixels import PixelSubject
@@ -41,12 +42,8 @@ _SUBJECT_NAME = re.compile(r"^rgb8:([1-9][0-9]{0,4})x([1-9][0-9]{0,4})$")
 _CREATED_AT_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
 Hex256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
-Hex128 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
-PeerIdStr = Annotated[str, StringConstraints(pattern=r"^[1-9A-HJ-NP-Za-km-z]{40,60}$")]
-SeedStr = Annotated[str, StringConstraints(pattern=r"^(0|[1-9][0-9]{0,19})$")]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 ShortName = Annotated[str, StringConstraints(min_length=1, max_length=100)]
-PromptStr = Annotated[str, StringConstraints(max_length=4000)]
 CreatedAtStr = Annotated[str, StringConstraints(pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z$")]
 
 
@@ -229,13 +226,6 @@ class _Predicate(_Strict):
     job: _Job
     node: PeerIdStr
     created_at: CreatedAtStr = Field(alias="createdAt")
-
-    @field_validator("seed")
-    @classmethod
-    def _seed_fits_64_bits(cls, value: str) -> str:
-        if int(value) >= 2**64:
-            raise ValueError("seed must be below 2**64")
-        return value
 
     @field_validator("created_at")
     @classmethod

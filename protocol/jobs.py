@@ -16,10 +16,11 @@ import json
 import secrets
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from .dsse import Envelope, sign_envelope
 from .errors import RemoteError, UsageError, VerificationError
+from .fields import Hex128, PeerIdStr, PromptStr, SeedStr
 from .identity import Identity
 from .strict_json import StrictJSONError, loads_strict
 
@@ -31,9 +32,6 @@ MAX_JOB_LIFETIME_S = 3600
 #: Clock skew tolerated between requester and node.
 MAX_CLOCK_SKEW_S = 120
 
-Hex128 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
-PeerIdStr = Annotated[str, StringConstraints(pattern=r"^[1-9A-HJ-NP-Za-km-z]{40,60}$")]
-SeedStr = Annotated[str, StringConstraints(pattern=r"^(0|[1-9][0-9]{0,19})$")]
 
 
 class JobRequest(BaseModel):
@@ -48,20 +46,13 @@ class JobRequest(BaseModel):
     expires_at: int = Field(alias="expiresAt", ge=0)
     node: PeerIdStr
     model: Annotated[str, StringConstraints(min_length=1, max_length=200)]
-    prompt: Annotated[str, StringConstraints(max_length=4000)]
-    negative_prompt: Annotated[str, StringConstraints(max_length=4000)] = Field("", alias="negativePrompt")
+    prompt: PromptStr
+    negative_prompt: PromptStr = Field("", alias="negativePrompt")
     seed: SeedStr  # a string: JSON numbers lose precision past 2**53 in many parsers
     steps: int = Field(ge=1, le=1000)
     guidance: float = Field(ge=0.0, le=100.0)
     width: int = Field(ge=8, le=8192)
     height: int = Field(ge=8, le=8192)
-
-    @field_validator("seed")
-    @classmethod
-    def _seed_fits_64_bits(cls, value: str) -> str:
-        if int(value) >= 2**64:
-            raise ValueError("seed must be below 2**64")
-        return value
 
     def seed_int(self) -> int:
         return int(self.seed)

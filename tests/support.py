@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+VECTORS = REPO / "docs" / "attestation-vectors"
 NODE_START_TIMEOUT_S = 240
 
 
@@ -89,3 +90,16 @@ class NodeHandle:
         return self.proc.returncode
 
 
+
+
+def load_vector_generator():
+    """docs/attestation-vectors/generate.py: the fixed keys, image, job and record of the vectors."""
+    import importlib.util
+
+    name = "pointillist_attestation_vectors_generate"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, VECTORS / "generate.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules[name] = module
+    return sys.modules[name]

@@ -35,22 +35,14 @@ from pointillist.attestation import (
 from pointillist.protocol.dsse import Envelope, sign_envelope
 from pointillist.protocol.errors import SignatureError, UsageError, VerificationError
 from pointillist.protocol.jobs import sign_job
+from support import load_vector_generator
 
-VECTORS = Path(__file__).resolve().parents[1] / "docs" / "attestation-vectors"
-
-
-def load_generator():
-    """docs/attestation-vectors/generate.py: the fixed keys, image, job and record of the vectors."""
-    name = "pointillist_attestation_vectors_generate"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, VECTORS / "generate.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules[name] = module
-    return sys.modules[name]
+from support import VECTORS  # noqa: E402
 
 
-V = load_generator()
+
+
+V = load_vector_generator()
 
 
 @dataclasses.dataclass(frozen=True)

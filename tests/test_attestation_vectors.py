@@ -14,19 +14,12 @@ from pointillist.attestation import extract_provenance, verify_attestation, veri
 from pointillist.protocol.dsse import Envelope
 from pointillist.protocol.errors import VerificationError
 from pointillist.protocol.jobs import open_job
+from support import load_vector_generator
 
-VECTORS = Path(__file__).resolve().parents[1] / "docs" / "attestation-vectors"
+from support import VECTORS  # noqa: E402
 INDEX = json.loads((VECTORS / "index.json").read_text(encoding="utf-8"))
 
 
-def load_generator():
-    name = "pointillist_attestation_vectors_generate"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, VECTORS / "generate.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules[name] = module
-    return sys.modules[name]
 
 
 def asset(name: str) -> bytes:
@@ -81,7 +74,7 @@ def test_every_check_and_outcome_is_covered() -> None:
 
 
 def test_generator_reproduces_committed_files_byte_for_byte(tmp_path: Path) -> None:
-    generator = load_generator()
+    generator = load_vector_generator()
     assert generator.main(["generate.py", str(tmp_path)]) == 0
     generated = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     committed = {p.name: p.read_bytes() for p in VECTORS.iterdir() if p.is_file() and p.name != "generate.py"}

@@ -14,7 +14,7 @@ import pytest
 from pointillist.cli.main import main
 from support import run_cli
 
-VECTORS = Path(__file__).resolve().parents[1] / "docs" / "attestation-vectors"
+from support import VECTORS  # noqa: E402
 
 
 def test_verify_valid_vector(capsys):

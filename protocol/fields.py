@@ -1,0 +1,24 @@
+"""Field types shared by every schema of signed or peer-sent data (jobs, attestations, records)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import AfterValidator, StringConstraints
+
+
+def _below_2_64(value: str) -> str:
+    if int(value) >= 2**64:
+        raise ValueError("seed must be below 2**64")
+    return value
+
+
+#: 128 random bits in lowercase hex (job ids, nonces).
+Hex128 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
+#: A libp2p peer ID in base58btc; whether it holds an Ed25519 key is checked when verifying.
+PeerIdStr = Annotated[str, StringConstraints(pattern=r"^[1-9A-HJ-NP-Za-km-z]{40,60}$")]
+#: A seed as a decimal string without leading zeros, below 2**64 (torch's generator range).
+#: A string because JSON parsers lose integers above 2**53.
+SeedStr = Annotated[str, StringConstraints(pattern=r"^(0|[1-9][0-9]{0,19})$"), AfterValidator(_below_2_64)]
+#: Prompts and negative prompts.
+PromptStr = Annotated[str, StringConstraints(max_length=4000)]
