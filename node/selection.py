@@ -1,0 +1,51 @@
+"""Choosing a node for a job: pure ranking over the directory.
+
+Eligible: serves the requested model (by name or digest), accepts jobs, has a free queue slot,
+and its largest side covers the request. Ranked by estimated time to finish: the job's steps at
+the node's measured speed, scaled by pixels relative to its reference size, plus one job's worth
+of waiting per queued job, plus the observed network latency when we have one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..protocol.capacity import CapacityRecord
+
+
+@dataclass(frozen=True)
+class Candidate:
+    record: CapacityRecord
+    estimate_s: float
+
+
+def estimate_seconds(record: CapacityRecord, steps: int, width: int, height: int, latency_s: float = 0.0) -> float:
+    speed = record.speed
+    if speed.steps_per_s <= 0:
+        return float("inf")
+    pixel_ratio = (width * height) / (speed.ref_width * speed.ref_height)
+    one_job = steps / speed.steps_per_s * pixel_ratio
+    queued = max(0, record.queue_size - record.queue_free)
+    return one_job * (1 + queued) + latency_s
+
+
+def rank_nodes(
+    records: list[CapacityRecord],
+    model: str,
+    steps: int,
+    width: int,
+    height: int,
+    latency_s: dict[str, float] | None = None,
+    exclude: set[str] = frozenset(),
+) -> list[Candidate]:
+    latency_s = latency_s or {}
+    out = []
+    for r in records:
+        served = r.serves(model)
+        if served is None or not r.accepting or r.queue_free <= 0 or r.peer_id in exclude:
+            continue
+        if max(width, height) > served.max_side:
+            continue
+        out.append(Candidate(r, estimate_seconds(r, steps, width, height, latency_s.get(r.peer_id, 0.0))))
+    out.sort(key=lambda c: (c.estimate_s, c.record.peer_id))
+    return out

@@ -1,0 +1,143 @@
+"""Capacity records: what a node offers, signed by the node, spread by gossip.
+
+A record is a DSSE envelope (payload type ``CAPACITY_PAYLOAD_TYPE``) around canonical JSON, sent
+as a msgpack map ``{payloadType, payload, keyid, sig}``. A record is accepted only if, in order:
+the message is at most ``MAX_RECORD_BYTES``; it decodes; the signature verifies; the signer is the
+peer the record describes (and, when known, the peer that sent it); the payload passes the strict
+schema; and it has not expired. Whether it is newer than what we hold is the directory's business
+(``node/directory.py``). Pure code; the clock is a parameter.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgpack
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+from .dsse import Envelope, sign_envelope
+from .errors import RemoteError, VerificationError
+from .fields import PeerIdStr
+from .identity import Identity
+from .strict_json import StrictJSONError, loads_strict
+
+CAPACITY_PAYLOAD_TYPE = "application/vnd.pointillist.capacity.v1+json"
+MAX_RECORD_BYTES = 8 * 1024
+#: A record lives this long unless renewed; nodes renew every ``HEARTBEAT_S``.
+RECORD_TTL_S = 90
+HEARTBEAT_S = 30
+#: A record may claim to expire at most this far ahead (stops a node pinning a stale record).
+MAX_TTL_S = 600
+
+_Short = Annotated[str, StringConstraints(min_length=1, max_length=100)]
+_Digest = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+_Addr = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=True)
+
+
+class ServedModel(_Strict):
+    name: _Short
+    digest: _Digest
+    pipeline: _Short
+    max_side: int = Field(alias="maxSide", ge=8, le=16384)
+
+
+class Device(_Strict):
+    kind: Annotated[str, StringConstraints(pattern=r"^(cuda|mps|xpu|cpu)$")]
+    name: _Short
+    vram_total: int = Field(alias="vramTotal", ge=0)  # bytes; 0 on CPU
+    vram_free: int = Field(alias="vramFree", ge=0)
+
+
+class Speed(_Strict):
+    steps_per_s: float = Field(alias="stepsPerS", ge=0, le=1e6)
+    ref_width: int = Field(alias="refWidth", ge=8, le=16384)
+    ref_height: int = Field(alias="refHeight", ge=8, le=16384)
+
+
+class CapacityRecord(_Strict):
+    v: int = Field(1, ge=1, le=1)
+    peer_id: PeerIdStr = Field(alias="peerId")
+    addrs: list[_Addr] = Field(max_length=16)
+    device: Device
+    models: list[ServedModel] = Field(min_length=1, max_length=32)
+    speed: Speed
+    queue_free: int = Field(alias="queueFree", ge=0, le=100_000)
+    queue_size: int = Field(alias="queueSize", ge=0, le=100_000)
+    accepting: bool
+    version: _Short
+    seq: int = Field(ge=0, lt=2**63)
+    issued_at: int = Field(alias="issuedAt", ge=0)
+    expires_at: int = Field(alias="expiresAt", ge=0)
+
+    def to_payload(self) -> bytes:
+        import json
+
+        return json.dumps(
+            self.model_dump(by_alias=True), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+        ).encode("utf-8")
+
+    def serves(self, ref: str) -> ServedModel | None:
+        """The served model named ``ref`` or with digest ``ref``, if any."""
+        for m in self.models:
+            if ref in (m.name, m.digest):
+                return m
+        return None
+
+
+def encode_record(identity: Identity, record: CapacityRecord) -> bytes:
+    """The gossip message bytes of ``record`` signed by ``identity``."""
+    if record.peer_id != identity.peer_id:
+        raise ValueError("a node signs only its own capacity record")
+    env = sign_envelope(identity, CAPACITY_PAYLOAD_TYPE, record.to_payload())
+    data = msgpack.packb(
+        {"payloadType": env.payload_type, "payload": env.payload, "keyid": env.keyid, "sig": env.sig},
+        use_bin_type=True,
+    )
+    if len(data) > MAX_RECORD_BYTES:
+        raise ValueError(f"capacity record of {len(data)} bytes exceeds {MAX_RECORD_BYTES}")
+    return data
+
+
+def decode_record(data: bytes, now: float, sender: str | None = None) -> CapacityRecord:
+    """Check and parse a record from the network; ``RemoteError`` says why it was dropped."""
+    if len(data) > MAX_RECORD_BYTES:
+        raise RemoteError(f"record of {len(data)} bytes exceeds {MAX_RECORD_BYTES}")
+    envelope = _unpack(data)
+    try:
+        payload = envelope.verify(CAPACITY_PAYLOAD_TYPE)
+    except VerificationError as exc:
+        raise RemoteError(f"record not signed: {exc}") from exc
+    try:
+        record = CapacityRecord.model_validate(loads_strict(payload))
+    except StrictJSONError as exc:
+        raise RemoteError(f"record payload: {exc}") from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise RemoteError(f"record field {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    if record.peer_id != envelope.keyid:
+        raise RemoteError(f"record for {record.peer_id} is signed by {envelope.keyid}")
+    if sender is not None and sender != record.peer_id:
+        raise RemoteError(f"record for {record.peer_id} was published by {sender}")
+    if record.expires_at <= now:
+        raise RemoteError("record has expired")
+    if record.expires_at - record.issued_at > MAX_TTL_S or record.issued_at > now + 120:
+        raise RemoteError("record lifetime is out of bounds")
+    return record
+
+
+def _unpack(data: bytes) -> Envelope:
+    try:
+        obj: Any = msgpack.unpackb(data, raw=False, strict_map_key=True, max_bin_len=MAX_RECORD_BYTES,
+                                   max_str_len=MAX_RECORD_BYTES, max_array_len=64, max_map_len=64)
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise RemoteError(f"record is not msgpack ({type(exc).__name__})") from exc
+    if not isinstance(obj, dict) or set(obj) != {"payloadType", "payload", "keyid", "sig"}:
+        raise RemoteError("record must be a map of payloadType, payload, keyid, sig")
+    if not (isinstance(obj["payloadType"], str) and isinstance(obj["payload"], bytes)
+            and isinstance(obj["keyid"], str) and isinstance(obj["sig"], bytes)):
+        raise RemoteError("record envelope has wrong types")
+    return Envelope(obj["payloadType"], obj["payload"], obj["keyid"], obj["sig"])
