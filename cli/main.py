@@ -17,6 +17,7 @@ COMMANDS = {
     "node": ("node_cmd", "run a contributor node"),
     "submit": ("submit_cmd", "sign a job, send it to a node, verify and save the image"),
     "verify": ("verify_cmd", "check an image's embedded attestation, offline"),
+    "peers": ("peers_cmd", "show the live nodes of the network"),
     "demo": ("demo_cmd", "start three local nodes, submit a job, verify the image"),
 }
 

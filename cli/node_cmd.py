@@ -11,58 +11,65 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="node_command", metavar="ACTION", required=True)
     start = sub.add_parser("start", help="start a node and serve jobs until Ctrl-C / SIGTERM")
     start.add_argument(
-        "--model",
-        dest="models",
-        action="append",
-        type=Path,
-        default=[],
-        metavar="PATH",
+        "--model", dest="models", action="append", type=Path, default=[], metavar="PATH",
         help="diffusers model folder or single-file checkpoint; repeat to serve several "
-        "(default: the embedded tiny model, whose images are noise)",
+        "(default: config.toml, else the embedded tiny model, whose images are noise)",
     )
-    start.add_argument(
-        "--model-config",
-        type=Path,
-        metavar="DIR",
-        help="local diffusers folder with configs and tokenizer, needed for single-file checkpoints",
-    )
+    start.add_argument("--model-config", type=Path, metavar="DIR",
+                       help="local diffusers folder with configs and tokenizer, needed for single-file checkpoints")
     start.add_argument("--listen", action="append", default=[], metavar="MULTIADDR",
                        help="listen address (default /ip4/127.0.0.1/tcp/0); repeatable")
+    start.add_argument("--bootstrap", action="append", default=[], metavar="MULTIADDR",
+                       help="peer to join the network through; repeatable (default: config.toml)")
     start.add_argument("--key", type=Path, help="identity file (default: identity.key in the config directory)")
     start.add_argument("--device", help="torch device: cuda, cuda:1, mps, cpu (default: best available)")
     start.add_argument("--dtype", choices=["float16", "bfloat16", "float32"],
                        help="weights dtype (default: float16 on CUDA, float32 elsewhere)")
     start.add_argument("--ready-file", type=Path, help="write peer ID and addresses as JSON here once serving")
+    start.add_argument("--heartbeat", type=float, help=argparse.SUPPRESS)  # tests: seconds between records
+    start.add_argument("--record-ttl", type=int, help=argparse.SUPPRESS)  # tests: record lifetime
 
 
 def run(args: argparse.Namespace) -> int:
     import trio
 
-    from ..node.p2p import DEFAULT_LISTEN, parse_listen_addr
-    from ..node.runner import NodeConfig, load_models, serve
+    from ..node.p2p import DEFAULT_LISTEN, parse_listen_addr, parse_peer_addr
+    from ..node.runner import NodeConfig, load_node, serve
     from ..protocol.keyfile import default_key_path, load_or_create_identity
+    from .config import load_config
 
-    listen = args.listen or [DEFAULT_LISTEN]
+    config = load_config()
+    listen = args.listen or config.listen or [DEFAULT_LISTEN]
+    bootstrap = args.bootstrap or config.bootstrap
     for addr in listen:
         parse_listen_addr(addr)  # fail on a typo before spending seconds loading models
+    for addr in bootstrap:
+        parse_peer_addr(addr)
     identity, _ = load_or_create_identity(args.key or default_key_path())
-    config = NodeConfig(
+    node_config = NodeConfig(
         identity=identity,
-        model_paths=args.models,
-        model_config=args.model_config,
+        model_paths=args.models or config.models,
+        model_config=args.model_config or config.model_config,
         listen=listen,
-        device=args.device,
-        dtype=args.dtype,
+        bootstrap=bootstrap,
+        device=args.device or config.device,
+        dtype=args.dtype or config.dtype,
         ready_file=args.ready_file,
     )
-    models = load_models(config)
+    if args.heartbeat:
+        node_config.heartbeat_s = args.heartbeat
+    if args.record_ttl:
+        node_config.record_ttl_s = args.record_ttl
+    node = load_node(node_config)
 
     def on_ready(info: dict) -> None:
         for m in info["models"]:
             print(f"serving {m['name']}  {m['digest']}", flush=True)
+        print(f"speed   {info['speed']['stepsPerS']} steps/s at "
+              f"{info['speed']['refWidth']}x{info['speed']['refHeight']}", flush=True)
         for addr in info["addrs"]:
             print(f"listening {addr}", flush=True)
 
-    trio.run(serve, config, models, on_ready)
+    trio.run(serve, node_config, node, on_ready)
     print("node stopped", file=sys.stderr)
     return 0

@@ -1,7 +1,9 @@
 """``pointillist submit``: sign a job, send it to a node, show progress, verify, write the image.
 
-Nothing is written unless the attestation verifies, names the node we asked, and embeds exactly
-the job we signed.
+With ``--peer`` the job goes to that node. Without it, the network is joined through the
+bootstrap peers (``--bootstrap`` or config.toml) and the best node serving the model is chosen,
+falling back to the next one if it fails. Nothing is written unless the attestation verifies,
+names the node that ran the job, and embeds exactly the job we signed.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ DEFAULT_MODEL = "tiny-sd"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("prompt", help="what to draw")
-    p.add_argument("--peer", required=True, metavar="MULTIADDR",
-                   help="node to use: /ip4/<ip>/tcp/<port>/p2p/<peer id>")
+    p.add_argument("--peer", metavar="MULTIADDR", help="node to use: /ip4/<ip>/tcp/<port>/p2p/<peer id> "
+                   "(default: choose one through --bootstrap)")
+    p.add_argument("--bootstrap", action="append", default=[], metavar="MULTIADDR",
+                   help="peer to discover nodes through; repeatable (default: config.toml)")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"model name or digest (default {DEFAULT_MODEL})")
     p.add_argument("--negative", default="", help="negative prompt")
     p.add_argument("--seed", type=options.seed, help="random seed (default: random)")
@@ -31,37 +35,42 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, help="output PNG (default pointillist-<job id>.png)")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p.add_argument("--key", type=Path, help="requester identity file")
-    p.add_argument("--timeout", type=float, help="give up after this many seconds (default: scaled by work)")
+    p.add_argument("--timeout", type=float, help="give up on a node after this many seconds (default: scaled by work)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
     import time
 
+    import trio
+
     from ..node.p2p import parse_peer_addr
     from ..protocol.errors import UsageError
     from ..protocol.jobs import new_job_request
     from ..protocol.keyfile import default_key_path, load_or_create_identity
+    from .config import load_config
     from .report import print_report
 
-    peer = parse_peer_addr(args.peer)
+    peer = parse_peer_addr(args.peer) if args.peer else None
+    bootstrap = args.bootstrap or load_config().bootstrap
+    for addr in bootstrap:
+        parse_peer_addr(addr)
     if args.out is not None and args.out.exists() and not args.force:
         raise UsageError(f"{args.out} exists (use --force to overwrite)")
     identity, _ = load_or_create_identity(args.key or default_key_path())
     width, height = args.size
-    request = new_job_request(
-        node=peer.peer_id.to_base58(),
-        model=args.model,
-        prompt=args.prompt,
-        negative_prompt=args.negative,
-        seed=secrets.randbits(63) if args.seed is None else args.seed,
-        steps=args.steps,
-        guidance=args.guidance,
-        width=width,
-        height=height,
-        now=int(time.time()),
+    seed = secrets.randbits(63) if args.seed is None else args.seed
+
+    def make_request(node: str):
+        return new_job_request(
+            node=node, model=args.model, prompt=args.prompt, negative_prompt=args.negative, seed=seed,
+            steps=args.steps, guidance=args.guidance, width=width, height=height, now=int(time.time()),
+        )
+
+    make_request(identity.peer_id)  # refuse bad settings before touching the network
+    png, report, request = trio.run(
+        _submit, identity, peer, bootstrap, make_request, args.model, args.quiet, args.timeout
     )
-    png, report = submit_and_verify(identity, peer, request, quiet=args.quiet, timeout=args.timeout)
     out = args.out or Path(f"pointillist-{request.job_id[:12]}.png")
     _write_new(out, png, overwrite=args.force or args.out is None)
     if not args.quiet:
@@ -71,57 +80,72 @@ def run(args: argparse.Namespace) -> int:
 
 
 def submit_and_verify(identity, peer, request, *, quiet: bool = False, timeout: float | None = None):
-    """Sign ``request``, run it on ``peer``, and return ``(png, report)`` only if it verifies.
-
-    Raises ``VerificationError`` if the image's attestation fails any check, is not signed by the
-    node we asked, or embeds a job other than the one we signed.
-    """
+    """Run ``request`` on ``peer`` (a PeerInfo) and return ``(png, report)`` if it verifies."""
     import trio
 
-    from ..attestation.verify import verify_image
-    from ..protocol.errors import VerificationError
-    from ..protocol.jobs import sign_job
-    from .report import print_report
-
-    envelope = sign_job(identity, request)
-    png = trio.run(_submit, identity, peer, envelope, request, quiet, timeout)
-    report = verify_image(png, expect_node=request.node)
-    if not report.ok:
-        print_report(report, sys.stderr)
-        raise VerificationError("the node's image did not verify; nothing was written")
-    if report.job is None or report.job != request:
-        raise VerificationError("the image embeds a different job than the one we signed; nothing was written")
+    png, report, _ = trio.run(_submit, identity, peer, [], lambda node: request, request.model, quiet, timeout)
     return png, report
 
 
-async def _submit(identity, peer, envelope, request, quiet, timeout) -> bytes:
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+async def _submit(identity, peer, bootstrap, make_request, model, quiet, timeout):
+    from ..node.network import open_network
+    from ..node.p2p import DEFAULT_LISTEN, running_host
+    from ..node.requester import find_candidates, run_and_verify, submit_to_best
+    from ..protocol.errors import PointillistError
 
-    from ..node.client import run_job
-    from ..node.p2p import running_host
-    from ..protocol.messages import AcceptedMessage
+    with _progress(quiet) as show:
+        if peer is not None:
+            async with running_host(identity) as host:
+                request = make_request(peer.peer_id.to_base58())
+                show.attempt(request.node)
+                png, report = await run_and_verify(host, peer, identity, request, show.event, timeout)
+                return png, report, request
+        async with open_network(identity, [DEFAULT_LISTEN], serve_dht=False) as net:
+            show.status("looking for nodes…")
+            probe = make_request(identity.peer_id)
+            candidates = await find_candidates(net, bootstrap, model, probe.steps, probe.width, probe.height)
+            if not candidates:
+                raise PointillistError(
+                    f"no live node serves {model!r} with free capacity for {probe.width}x{probe.height} "
+                    f"(known nodes: {len(net.directory)}; see `pointillist peers`)"
+                )
+            return await submit_to_best(net, identity, candidates, make_request, show.attempt, show.event, timeout)
 
-    async with running_host(identity) as host:
-        with Progress(
+
+class _progress:
+    """A rich progress bar on stderr, or nothing with --quiet."""
+
+    def __init__(self, quiet: bool) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(
             TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-            TimeElapsedColumn(), transient=True, disable=quiet, console=_stderr_console(),
-        ) as progress:
-            task = progress.add_task(f"sending to {str(peer.peer_id)[:16]}…", total=request.steps)
+            TimeElapsedColumn(), transient=True, disable=quiet, console=Console(stderr=True),
+        )
+        self.task = None
 
-            def on_event(event) -> None:
-                if isinstance(event, AcceptedMessage):
-                    where = "running" if event.position == 0 else f"queued ({event.position} ahead)"
-                    progress.update(task, description=where)
-                else:
-                    progress.update(task, description="generating", completed=event.step, total=event.total)
+    def __enter__(self):
+        self.progress.__enter__()
+        self.task = self.progress.add_task("starting…", total=None)
+        return self
 
-            return await run_job(host, peer, envelope, request, on_event, deadline_s=timeout)
+    def __exit__(self, *exc):
+        return self.progress.__exit__(*exc)
 
+    def status(self, text: str) -> None:
+        self.progress.update(self.task, description=text)
 
-def _stderr_console():
-    from rich.console import Console
+    def attempt(self, peer_id: str) -> None:
+        self.progress.update(self.task, description=f"sending to {peer_id[:16]}…", completed=0, total=None)
 
-    return Console(stderr=True)
+    def event(self, event) -> None:
+        from ..protocol.messages import AcceptedMessage
+
+        if isinstance(event, AcceptedMessage):
+            self.status("running" if event.position == 0 else f"queued ({event.position} ahead)")
+        else:
+            self.progress.update(self.task, description="generating", completed=event.step, total=event.total)
 
 
 def _write_new(path: Path, data: bytes, overwrite: bool) -> None:

@@ -96,7 +96,7 @@ async def running_host(identity: Identity, listen: list[str] | None = None) -> A
             try:
                 yield host
             finally:
-                await _disconnect_all(host)
+                await disconnect_all(host)
     except OSError as exc:
         raise TransportError(f"cannot listen on {', '.join(map(str, addrs))}: {exc.strerror or exc}") from exc
     except BaseExceptionGroup as group:  # host.run() is a nursery: surface our own error
@@ -106,7 +106,7 @@ async def running_host(identity: Identity, listen: list[str] | None = None) -> A
         raise ours from group
 
 
-async def _disconnect_all(host: IHost) -> None:
+async def disconnect_all(host: IHost) -> None:
     """Close every connection before the host stops.
 
     py-libp2p 0.8.1 leaves connections open when ``host.run()`` exits, and the remote side keeps
@@ -114,7 +114,7 @@ async def _disconnect_all(host: IHost) -> None:
     node ("Established per peer limit exceeded: 8 >= 8") for 30 s. Regression test:
     tests/test_libp2p_defects.py.
     """
-    with trio.move_on_after(2):
+    with trio.CancelScope(shield=True), trio.move_on_after(2):
         for peer_id in list(host.get_network().connections):
             try:
                 await host.disconnect(peer_id)

@@ -1,5 +1,6 @@
-"""A contributor node's process: load the operator's models, start the libp2p host, serve jobs
-until SIGINT/SIGTERM, then stop cleanly (the running generation is asked to stop at its next step).
+"""A contributor node's process: load the operator's models, measure speed, join the network,
+serve jobs and advertise capacity until SIGINT/SIGTERM, then stop cleanly: a last record says
+"not accepting", and the running generation is asked to stop at its next step.
 """
 
 from __future__ import annotations
@@ -14,13 +15,19 @@ from typing import Callable
 
 import trio
 
+from ..protocol.capacity import HEARTBEAT_S, RECORD_TTL_S
 from ..protocol.identity import Identity
 from ..protocol.messages import JOB_PROTOCOL
+from .advertise import Advertiser
 from .limits import NodeLimits
-from .p2p import DEFAULT_LISTEN, full_addrs, running_host
+from .network import open_network
+from .p2p import DEFAULT_LISTEN, full_addrs
 from .service import JobService, ServedModels
 
 log = logging.getLogger("pointillist.node")
+
+#: Provider records in the DHT are renewed this often.
+REPROVIDE_S = 600
 
 
 @dataclass
@@ -29,40 +36,81 @@ class NodeConfig:
     model_paths: list[Path] = field(default_factory=list)  # empty: the embedded tiny model
     model_config: Path | None = None  # diffusers config folder for single-file checkpoints
     listen: list[str] = field(default_factory=lambda: [DEFAULT_LISTEN])
+    bootstrap: list[str] = field(default_factory=list)
     device: str | None = None
     dtype: str | None = None
     limits: NodeLimits = field(default_factory=NodeLimits)
     ready_file: Path | None = None
+    heartbeat_s: float = HEARTBEAT_S
+    record_ttl_s: int = RECORD_TTL_S
 
 
-def load_models(config: NodeConfig) -> ServedModels:
-    from .pipeline import embedded_model_path, load_model  # generation path: imports torch
+@dataclass
+class LoadedNode:
+    models: ServedModels
+    device: object  # protocol.capacity.Device
+    speed: object  # protocol.capacity.Speed
+    pipelines: dict[str, str]  # model digest -> pipeline class name
+
+
+def load_node(config: NodeConfig) -> LoadedNode:
+    """Load models and measure this machine (imports torch)."""
+    from .device_info import describe_device, measure_speed
+    from .pipeline import GenerationParams, embedded_model_path, load_model
 
     paths = config.model_paths or [embedded_model_path()]
-    return ServedModels(
-        [load_model(p, device=config.device, dtype=config.dtype, config=config.model_config) for p in paths]
+    loaded = [load_model(p, device=config.device, dtype=config.dtype, config=config.model_config) for p in paths]
+    first = loaded[0]
+    return LoadedNode(
+        models=ServedModels(loaded),
+        device=describe_device(str(first.device)),
+        speed=measure_speed(first, GenerationParams),
+        pipelines={m.digest: type(m.pipe).__name__ for m in loaded},
     )
 
 
-async def serve(config: NodeConfig, models: ServedModels, on_ready: Callable[[dict], None] | None = None) -> None:
-    service = JobService(config.identity, models, limits=config.limits)
-    async with running_host(config.identity, config.listen) as host:
-        host.set_stream_handler(JOB_PROTOCOL, service.handle_stream)
-        info = {
-            "peer_id": config.identity.peer_id,
-            "addrs": full_addrs(host),
-            "models": [{"name": m.name, "digest": m.digest} for m in models],
-            "pid": os.getpid(),
-        }
-        if config.ready_file:
-            _write_atomic(config.ready_file, json.dumps(info).encode())
-        if on_ready:
-            on_ready(info)
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async for signum in signals:
-                log.info("received %s, shutting down", signal.Signals(signum).name)
-                service.shutdown()
-                break
+async def serve(config: NodeConfig, node: LoadedNode, on_ready: Callable[[dict], None] | None = None) -> None:
+    service = JobService(config.identity, node.models, limits=config.limits)
+    async with open_network(config.identity, config.listen) as net:
+        net.host.set_stream_handler(JOB_PROTOCOL, service.handle_stream)
+        advertiser = Advertiser(
+            net, service, node.models, node.device, node.speed,
+            max_side=config.limits.max_side, pipeline_names=node.pipelines,
+            heartbeat_s=config.heartbeat_s, ttl_s=config.record_ttl_s,
+        )
+        service.on_change = advertiser.changed
+        reached = await net.join(config.bootstrap)
+        if config.bootstrap and not reached:
+            log.warning("no bootstrap peer answered; waiting for others to find this node")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(advertiser.run)
+            nursery.start_soon(_reprovide, net, [m.digest for m in node.models])
+            info = {
+                "peer_id": config.identity.peer_id,
+                "addrs": full_addrs(net.host),
+                "models": [{"name": m.name, "digest": m.digest} for m in node.models],
+                "speed": node.speed.model_dump(by_alias=True),
+                "bootstrap_reached": reached,
+                "pid": os.getpid(),
+            }
+            if config.ready_file:
+                _write_atomic(config.ready_file, json.dumps(info).encode())
+            if on_ready:
+                on_ready(info)
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for signum in signals:
+                    log.info("received %s, shutting down", signal.Signals(signum).name)
+                    break
+            service.shutdown()
+            with trio.move_on_after(2):
+                await advertiser.publish_now()  # "accepting": false, so requesters look elsewhere
+            nursery.cancel_scope.cancel()
+
+
+async def _reprovide(net, digests: list[str]) -> None:
+    while True:
+        await net.provide_models(digests)
+        await trio.sleep(REPROVIDE_S)
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

@@ -107,10 +107,16 @@ class JobService:
         self._gpu = trio.Lock()  # one generation at a time on this device
         self._waiting = 0  # jobs admitted and not yet finished (running one included)
         self._shutting_down = threading.Event()
+        #: called (no arguments) whenever the queue changes, to re-advertise capacity
+        self.on_change: Callable[[], None] = lambda: None
 
     @property
     def queue_depth(self) -> int:
         return self._waiting
+
+    @property
+    def shutting_down(self) -> bool:
+        return self._shutting_down.is_set()
 
     def shutdown(self) -> None:
         """Ask a running generation to stop at its next step."""
@@ -152,6 +158,7 @@ class JobService:
         model = self.models.find(request.model)  # already checked in _admit
         self._waiting += 1
         self.stats.accepted += 1
+        self.on_change()
         try:
             log.info("job %s from %s accepted (%d ahead)", request.job_id, job.requester, self._waiting - 1)
             await self._write(stream, AcceptedMessage(t="accepted", jobId=request.job_id, position=self._waiting - 1))
@@ -161,6 +168,7 @@ class JobService:
             return await self._reject(stream, peer, exc)
         finally:
             self._waiting -= 1
+            self.on_change()
         self.stats.completed += 1
         log.info("job %s done (%d bytes)", request.job_id, len(png))
         await self._write(stream, ResultMessage(t="result", jobId=request.job_id, png=png))

@@ -50,3 +50,21 @@ async def test_large_payloads_cross_yamux_intact():
                 await framing.write_frame(stream, {"blob": blob})
                 assert (await framing.read_frame(stream, framing.MAX_REPLY_FRAME))["blob"] == blob
             await stream.close()
+
+
+async def test_errors_inside_the_network_block_are_not_swallowed():
+    # An await in a cancelled scope during teardown once replaced the block's exception with
+    # Cancelled, which the nursery then absorbed: errors vanished into a normal return.
+    import pytest
+
+    from pointillist.node.network import open_network
+
+    with pytest.raises(BaseException) as caught:
+        async with open_network(Identity.generate(), ["/ip4/127.0.0.1/tcp/0"]) as net:
+            assert net.peer_id
+            raise KeyError("must come out")
+    group = caught.value
+    leaves = group.exceptions if isinstance(group, BaseExceptionGroup) else [group]
+    while any(isinstance(e, BaseExceptionGroup) for e in leaves):
+        leaves = [x for e in leaves for x in (e.exceptions if isinstance(e, BaseExceptionGroup) else [e])]
+    assert any(isinstance(e, KeyError) for e in leaves)

@@ -1,0 +1,81 @@
+"""``pointillist peers``: the live network as a table, from the records a bootstrap peer holds
+plus whatever gossip arrives while we listen."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bootstrap", action="append", default=[], metavar="MULTIADDR",
+                   help="peer to ask; repeatable (default: config.toml)")
+    p.add_argument("--wait", type=float, default=2.0, help="seconds to listen to gossip after joining (default 2)")
+    p.add_argument("--json", action="store_true", help="print records as JSON")
+    p.add_argument("--key", help="identity file (default: a throwaway identity)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import trio
+
+    from ..node.p2p import parse_peer_addr
+    from ..protocol.errors import UsageError
+    from .config import load_config
+
+    bootstrap = args.bootstrap or load_config().bootstrap
+    if not bootstrap:
+        raise UsageError("no peers to ask: use --bootstrap or set bootstrap in config.toml")
+    for addr in bootstrap:
+        parse_peer_addr(addr)
+    rows = trio.run(_collect, bootstrap, args.wait, args.key)
+    if args.json:
+        json.dump(rows, sys.stdout, indent=2)
+        print()
+    else:
+        _table(rows)
+    return 0
+
+
+async def _collect(bootstrap: list[str], wait: float, key: str | None) -> list[dict]:
+    from pathlib import Path
+
+    import trio
+
+    from ..node.network import open_network
+    from ..node.p2p import DEFAULT_LISTEN
+    from ..protocol.errors import TransportError
+    from ..protocol.identity import Identity
+    from ..protocol.keyfile import load_identity
+
+    identity = load_identity(Path(key)) if key else Identity.generate()
+    async with open_network(identity, [DEFAULT_LISTEN], serve_dht=False) as net:
+        if not await net.join(bootstrap):
+            raise TransportError(f"no bootstrap peer answered ({', '.join(bootstrap)})")
+        await trio.sleep(wait)
+        now = net.clock()
+        return [
+            {**r.model_dump(by_alias=True), "ageS": round(net.directory.age(r.peer_id, now), 1)}
+            for r in sorted(net.directory.live(now), key=lambda r: r.peer_id)
+        ]
+
+
+def _table(rows: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{len(rows)} live node(s)")
+    for column in ("peer", "device", "models", "speed", "queue", "age"):
+        table.add_column(column)
+    for r in rows:
+        device = r["device"]
+        vram = f" {device['vramTotal'] / 2**30:.0f} GiB" if device["vramTotal"] else ""
+        table.add_row(
+            r["peerId"][:20] + "…",
+            f"{device['kind']} {device['name']}{vram}",
+            "\n".join(f"{m['name']} {m['digest'][:12]}" for m in r["models"]),
+            f"{r['speed']['stepsPerS']:g} steps/s @{r['speed']['refWidth']}²",
+            f"{r['queueFree']}/{r['queueSize']} free" + ("" if r["accepting"] else " (closed)"),
+            f"{r['ageS']:.0f} s",
+        )
+    Console().print(table)

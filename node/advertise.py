@@ -1,0 +1,98 @@
+"""A node's own capacity record: built from its live state, signed, published on change and on a
+slow heartbeat (gossip costs ~17 ms of CPU per delivered record per node, so never every second).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import trio
+
+from ..protocol.capacity import HEARTBEAT_S, RECORD_TTL_S, CapacityRecord, Device, Speed, encode_record
+from .service import POINTILLIST_VERSION, JobService, ServedModels
+
+log = logging.getLogger("pointillist.node")
+
+#: At most one publication per this many seconds, however often the queue changes.
+MIN_PUBLISH_INTERVAL_S = 1.0
+
+
+class Advertiser:
+    def __init__(
+        self,
+        network,
+        service: JobService,
+        models: ServedModels,
+        device: Device,
+        speed: Speed,
+        *,
+        max_side: int,
+        pipeline_names: dict[str, str],
+        heartbeat_s: float = HEARTBEAT_S,
+        ttl_s: int = RECORD_TTL_S,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.network = network
+        self.service = service
+        self.models = models
+        self.device = device
+        self.speed = speed
+        self.max_side = max_side
+        self.pipeline_names = pipeline_names
+        self.heartbeat_s = heartbeat_s
+        self.ttl_s = ttl_s
+        self.clock = clock or network.clock
+        self._seq = 0
+        self._changed = trio.Event()
+        self.published = 0
+
+    def changed(self) -> None:
+        """Called by the job service whenever its queue changes."""
+        self._changed.set()
+
+    def build(self) -> CapacityRecord:
+        now = self.clock()
+        # Sequence numbers come from the clock (ms) so they keep rising across restarts.
+        self._seq = max(self._seq + 1, int(now * 1000))
+        limits = self.service.limits
+        queue_size = limits.queue_size + 1  # the running job plus those waiting
+        return CapacityRecord.model_validate({
+            "peerId": self.network.peer_id,
+            "addrs": self._addrs(),
+            "device": self.device.model_dump(by_alias=True),
+            "models": [
+                {"name": m.name, "digest": m.digest, "pipeline": self.pipeline_names.get(m.digest, "unknown"),
+                 "maxSide": self.max_side}
+                for m in self.models
+            ],
+            "speed": self.speed.model_dump(by_alias=True),
+            "queueFree": max(0, queue_size - self.service.queue_depth),
+            "queueSize": queue_size,
+            "accepting": not self.service.shutting_down,
+            "version": POINTILLIST_VERSION,
+            "seq": self._seq,
+            "issuedAt": int(now),
+            "expiresAt": int(now) + self.ttl_s,
+        })
+
+    async def publish_now(self) -> None:
+        data = encode_record(self.network.identity, self.build())
+        await self.network.publish(data)
+        self.published += 1
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.publish_now()
+            except Exception:  # publishing is retried at the next heartbeat
+                log.warning("could not publish capacity record", exc_info=True)
+            await trio.sleep(MIN_PUBLISH_INTERVAL_S)
+            with trio.move_on_after(max(0.0, self.heartbeat_s - MIN_PUBLISH_INTERVAL_S)):
+                await self._changed.wait()
+            self._changed = trio.Event()
+
+    def _addrs(self) -> list[str]:
+        from .p2p import full_addrs
+
+        return full_addrs(self.network.host)[:16]

@@ -1,0 +1,269 @@
+"""The network a node or requester joins: one libp2p host with GossipSub (capacity records) and a
+Kademlia DHT (who serves which model digest), plus the record-exchange protocol that lets a
+newcomer fetch every record a peer holds at once instead of waiting for the next heartbeat.
+
+Settings below depart from py-libp2p's defaults on purpose (measured, see docs/decisions.md):
+GossipSub's internal heartbeat 1 s (default 120 s), adaptive gossip off (it stretched the
+heartbeat to 60 s), forwarding rate limit 1000/s (default 10 drops records at 20 nodes), only
+/meshsub/1.1 and 1.0 (1.2's IDONTWANT halves queue capacity); the services start before
+``host.run()`` and stop after it, which is what avoids the "Nursery is closed" crash at shutdown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Callable
+
+import trio
+from google.protobuf.message import DecodeError
+from libp2p.abc import IHost
+from libp2p.custom_types import TProtocol
+from libp2p.kad_dht import DHTMode, KadDHT
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo
+from libp2p.pubsub.gossipsub import PROTOCOL_ID as MESHSUB_V10
+from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11 as MESHSUB_V11
+from libp2p.pubsub.gossipsub import GossipSub
+from libp2p.pubsub.pubsub import Pubsub
+from libp2p.tools.anyio_service import LifecycleError, background_trio_service
+
+from ..protocol import framing
+from ..protocol.capacity import CapacityRecord, decode_record
+from ..protocol.errors import FrameError, RemoteError, TransportError, find_ours
+from ..protocol.identity import Identity
+from .directory import PeerDirectory
+from .p2p import build_host, connect, disconnect_all, parse_listen_addr, parse_peer_addr
+
+log = logging.getLogger("pointillist.network")
+
+CAPACITY_TOPIC = "/pointillist/capacity/1"
+RECORDS_PROTOCOL = "/pointillist/records/1.0.0"
+DHT_PREFIX = TProtocol("/pointillist")
+MAX_RECORDS_PER_REPLY = 2000
+PROVIDE_TIMEOUT_S = 15.0
+
+
+def model_key(digest: str) -> str:
+    """DHT key of a model digest: the sha2-256 multihash in hex, which py-libp2p takes as is."""
+    return "1220" + digest
+
+
+class _SafePubsub(Pubsub):
+    """Pubsub whose inbound stream handler cannot crash the host at shutdown.
+
+    Its reader runs in the swarm's task tree and schedules work on pubsub's nursery; during
+    teardown that raises "Nursery is closed to new arrivals" (or a protobuf DecodeError for a
+    half-read frame) out of ``host.run()``. Those are swallowed here, anything else is not.
+    """
+
+    async def stream_handler(self, stream: Any) -> None:
+        try:
+            await super().stream_handler(stream)
+        except (RuntimeError, LifecycleError, DecodeError) as exc:
+            if isinstance(exc, RuntimeError) and "Nursery is closed" not in str(exc):
+                raise
+            with contextlib.suppress(Exception):
+                await stream.reset()
+
+
+@dataclass
+class Network:
+    identity: Identity
+    host: IHost
+    pubsub: Pubsub
+    dht: KadDHT
+    directory: PeerDirectory
+    clock: Callable[[], float]
+    rejected: int = 0  # records dropped by validation
+
+    @property
+    def peer_id(self) -> str:
+        return self.identity.peer_id
+
+    # ---- records ----------------------------------------------------------------------
+
+    def accept_record(self, data: bytes, sender: str | None) -> CapacityRecord | None:
+        """Validate a record from anywhere and keep it if newer; ``None`` if dropped."""
+        now = self.clock()
+        try:
+            record = decode_record(data, now, sender=sender)
+        except RemoteError as exc:
+            self.rejected += 1
+            log.debug("dropped record from %s: %s", sender, exc)
+            return None
+        if not self.directory.offer(record, now):
+            return None
+        self._raw[record.peer_id] = (record.seq, data)
+        return record
+
+    def raw_records(self) -> list[bytes]:
+        """Signed bytes of every live record we hold, exactly as signed, for peer exchange."""
+        live = {r.peer_id: r.seq for r in self.directory.live(self.clock())}
+        for gone in set(self._raw) - set(live):
+            del self._raw[gone]
+        return [data for peer, (seq, data) in self._raw.items() if live.get(peer) == seq][:MAX_RECORDS_PER_REPLY]
+
+    def __post_init__(self) -> None:
+        self._raw: dict[str, tuple[int, bytes]] = {}
+
+    def _validate_gossip(self, forwarder: ID, msg: Any) -> bool:
+        # Runs before GossipSub forwards a message: a record that fails here goes no further.
+        try:
+            record = decode_record(msg.data, self.clock(), sender=ID(msg.from_id).to_base58())
+        except (RemoteError, ValueError) as exc:
+            self.rejected += 1
+            log.debug("gossip from %s dropped: %s", forwarder, exc)
+            return False
+        held = self.directory.get(record.peer_id)
+        return held is None or record.seq >= held.seq  # older than what we hold: a replay
+
+    async def _read_gossip(self, subscription: Any) -> None:
+        async for msg in subscription:
+            try:
+                sender = ID(msg.from_id).to_base58()
+            except Exception:
+                continue
+            self.accept_record(msg.data, sender)
+
+    async def publish(self, data: bytes) -> None:
+        self.accept_record(data, self.peer_id)
+        await self.pubsub.publish(CAPACITY_TOPIC, data)
+
+    # ---- joining ----------------------------------------------------------------------
+
+    async def join(self, addrs: list[str]) -> list[str]:
+        """Connect to bootstrap peers, seed the DHT, fetch their records. Returns those reached."""
+        reached = []
+        for text in addrs:
+            peer = parse_peer_addr(text)
+            if peer.peer_id == self.host.get_id():
+                continue
+            try:
+                await connect(self.host, peer)
+                await self.dht.add_peer(peer.peer_id)
+                await self.fetch_records(peer.peer_id)
+                reached.append(text)
+            except (TransportError, RemoteError) as exc:
+                log.warning("bootstrap peer %s: %s", text, exc)
+        return reached
+
+    async def fetch_records(self, peer_id: ID, timeout_s: float = 10.0) -> tuple[int, float]:
+        """Ask a peer for every record it holds; returns (records kept, round-trip seconds)."""
+        start = time.perf_counter()
+        try:
+            with trio.fail_after(timeout_s):
+                stream = await self.host.new_stream(peer_id, [RECORDS_PROTOCOL])
+                try:
+                    await framing.write_frame(stream, {"t": "records?"}, framing.MAX_REQUEST_FRAME)
+                    reply = await framing.read_frame(stream, framing.MAX_REPLY_FRAME)
+                finally:
+                    with contextlib.suppress(Exception):
+                        await stream.close()
+        except trio.TooSlowError as exc:
+            raise TransportError(f"peer {peer_id} did not send its records in time") from exc
+        except FrameError as exc:
+            raise RemoteError(f"peer {peer_id} sent a bad records frame: {exc}") from exc
+        except Exception as exc:
+            if type(exc).__module__.startswith("libp2p"):
+                raise TransportError(f"records from {peer_id}: {type(exc).__name__}") from exc
+            raise
+        rtt = time.perf_counter() - start
+        records = reply.get("records") if reply.get("t") == "records" else None
+        if not isinstance(records, list) or not all(isinstance(r, bytes) for r in records):
+            raise RemoteError(f"peer {peer_id} sent a malformed records reply")
+        kept = sum(self.accept_record(r, None) is not None for r in records[:MAX_RECORDS_PER_REPLY])
+        return kept, rtt
+
+    async def _serve_records(self, stream: Any) -> None:
+        try:
+            with trio.fail_after(10):
+                request = await framing.read_frame(stream, 1024)
+                if request.get("t") != "records?":
+                    raise FrameError("expected a records? request")
+                await framing.write_frame(stream, {"t": "records", "records": self.raw_records()})
+        except (FrameError, TransportError, trio.TooSlowError) as exc:
+            log.debug("records stream: %s", exc)
+            with contextlib.suppress(Exception):
+                await stream.reset()
+            return
+        except Exception:
+            log.exception("records stream failed")
+            with contextlib.suppress(Exception):
+                await stream.reset()
+            return
+        with contextlib.suppress(Exception):
+            await stream.close()
+
+    # ---- DHT --------------------------------------------------------------------------
+
+    async def provide_models(self, digests: list[str]) -> None:
+        for digest in digests:
+            with trio.move_on_after(PROVIDE_TIMEOUT_S):
+                with contextlib.suppress(Exception):
+                    await self.dht.provide(model_key(digest))
+
+    async def find_model_providers(self, digest: str, timeout_s: float = 10.0) -> list[PeerInfo]:
+        """Peers announcing ``digest`` in the DHT, de-duplicated (py-libp2p repeats them)."""
+        found: dict[ID, PeerInfo] = {}
+        with trio.move_on_after(timeout_s):
+            with contextlib.suppress(Exception):
+                for info in await self.dht.find_providers(model_key(digest), count=100):
+                    if info.peer_id != self.host.get_id():
+                        found.setdefault(info.peer_id, info)
+        return list(found.values())
+
+
+@asynccontextmanager
+async def open_network(
+    identity: Identity,
+    listen: list[str],
+    *,
+    serve_dht: bool = True,
+    clock: Callable[[], float] = time.time,
+) -> AsyncIterator[Network]:
+    host = build_host(identity)
+    gossipsub = GossipSub(
+        protocols=[MESHSUB_V11, MESHSUB_V10],
+        degree=6,
+        degree_low=4,
+        degree_high=12,
+        heartbeat_interval=1,
+        adaptive_gossip_enabled=False,
+        max_messages_per_topic_per_second=1000.0,
+    )
+    pubsub = _SafePubsub(host, gossipsub)
+    dht = KadDHT(host, DHTMode.SERVER if serve_dht else DHTMode.CLIENT, protocol_prefix=DHT_PREFIX)
+    net = Network(identity, host, pubsub, dht, PeerDirectory(), clock)
+    pubsub.set_topic_validator(CAPACITY_TOPIC, net._validate_gossip, is_async_validator=False)
+    host.set_stream_handler(TProtocol(RECORDS_PROTOCOL), net._serve_records)
+    addrs = [parse_listen_addr(a) for a in listen]
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            for service in (pubsub, gossipsub, dht):
+                await stack.enter_async_context(background_trio_service(service))
+            await stack.enter_async_context(host.run(addrs))
+            subscription = await pubsub.subscribe(CAPACITY_TOPIC)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(net._read_gossip, subscription)
+                try:
+                    yield net
+                finally:
+                    # Disconnect before cancelling: an await in a cancelled scope would raise
+                    # Cancelled here, replace the block's own exception and be absorbed by the
+                    # nursery, turning any error in the block into a silent normal exit.
+                    await disconnect_all(host)
+                    nursery.cancel_scope.cancel()
+    except OSError as exc:
+        raise TransportError(f"cannot listen on {', '.join(map(str, addrs))}: {exc.strerror or exc}") from exc
+    except BaseExceptionGroup as group:
+        ours = find_ours(group)
+        if ours is None:
+            raise
+        raise ours from group
+
+
+__all__ = ["CAPACITY_TOPIC", "RECORDS_PROTOCOL", "Network", "model_key", "open_network"]
