@@ -1,8 +1,10 @@
 """``pointillist demo``: the whole path on one machine.
 
-Starts three contributor nodes as separate processes on 127.0.0.1 with the embedded tiny model,
-signs a job as a requester, runs it on a node, verifies the attested image, writes it, and stops
-the nodes (SIGTERM, then waits). Every identity and log lives in the demo folder.
+Starts three contributor nodes as separate processes on 127.0.0.1 with the embedded tiny model;
+the first is the bootstrap peer of the others. A requester joins through it, learns the nodes'
+signed capacity records, picks one, signs a job for it, verifies the attested image, writes it,
+and the nodes are stopped (SIGTERM, then waited for). Every identity and log lives in the demo
+folder.
 """
 
 from __future__ import annotations
@@ -42,8 +44,10 @@ def run(args: argparse.Namespace) -> int:
     nodes = [NodeProcess(demo_dir / f"node{i}") for i in range(args.nodes)]
     say(f"starting {len(nodes)} nodes on 127.0.0.1 (logs in {demo_dir}/node*/node.log)")
     try:
-        for node in nodes:
-            node.start()
+        nodes[0].start()
+        boot = nodes[0].wait_ready(NODE_START_TIMEOUT_S)["addrs"][0]
+        for node in nodes[1:]:
+            node.start(bootstrap=boot)
         infos = [node.wait_ready(NODE_START_TIMEOUT_S) for node in nodes]
         for info in infos:
             say(f"  node {info['peer_id']}  {info['addrs'][0]}  model {info['models'][0]['name']}")
@@ -57,26 +61,30 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _submit_and_check(args: argparse.Namespace, demo_dir: Path, infos: list[dict]) -> int:
+    import trio
+
     from ..attestation.verify import verify_image
-    from ..node.p2p import parse_peer_addr
     from ..protocol.jobs import new_job_request
     from ..protocol.keyfile import load_or_create_identity
     from .report import print_report
-    from .submit_cmd import submit_and_verify
+    from .submit_cmd import _submit
 
     requester, _ = load_or_create_identity(demo_dir / "requester" / "identity.key")
-    target = infos[0]
     width, height = args.size
-    request = new_job_request(
-        node=target["peer_id"], model=target["models"][0]["name"], prompt=args.prompt, seed=args.seed,
-        steps=args.steps, guidance=7.5, width=width, height=height, now=int(time.time()),
-    )
-    say(f"requester {requester.peer_id} submits job {request.job_id} to {target['peer_id']}")
-    png, _ = submit_and_verify(requester, parse_peer_addr(target["addrs"][0]), request)
+    model = infos[0]["models"][0]["name"]
+
+    def make_request(node: str):
+        return new_job_request(node=node, model=model, prompt=args.prompt, seed=args.seed, steps=args.steps,
+                               guidance=7.5, width=width, height=height, now=int(time.time()))
+
+    boot = infos[0]["addrs"][0]
+    say(f"requester {requester.peer_id} joins through {infos[0]['peer_id']} and picks a node for {model!r}")
+    png, report, request = trio.run(_submit, requester, None, [boot], make_request, model, False, None)
+    say(f"job {request.job_id} ran on {request.node}")
     out = demo_dir / "demo.png"
     out.write_bytes(png)
-    say(f"wrote {out}; verifying it as `pointillist verify {out}` would:")
-    report = verify_image(out.read_bytes(), expect_node=target["peer_id"])
+    say(f"wrote {out}; `pointillist verify {out}` says:")
+    report = verify_image(out.read_bytes())
     print_report(report, sys.stdout)
     say("(the embedded tiny model has random weights: the image is noise, by design)")
     return 0 if report.ok else 1
@@ -91,14 +99,15 @@ class NodeProcess:
         self.proc: subprocess.Popen | None = None
         self._log = None
 
-    def start(self) -> None:
+    def start(self, bootstrap: str | None = None) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
         self.ready_file.unlink(missing_ok=True)
         self._log = open(self.home / "node.log", "wb")
         env = {**os.environ, "POINTILLIST_HOME": str(self.home)}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pointillist.cli", "node", "start",
-             "--key", str(self.home / "identity.key"), "--ready-file", str(self.ready_file)],
+             "--key", str(self.home / "identity.key"), "--ready-file", str(self.ready_file),
+             *(["--bootstrap", bootstrap] if bootstrap else [])],
             stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
         )
 
