@@ -25,6 +25,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     start.add_argument("--device", help="torch device: cuda, cuda:1, mps, cpu (default: best available)")
     start.add_argument("--dtype", choices=["float16", "bfloat16", "float32"],
                        help="weights dtype (default: float16 on CUDA, float32 elsewhere)")
+    start.add_argument("--policy", type=Path, metavar="FILE",
+                       help="operator policy TOML: limits, allowed requesters, rate, result retention "
+                       "(default: policy.toml in the config directory, if present)")
     start.add_argument("--ready-file", type=Path, help="write peer ID and addresses as JSON here once serving")
     start.add_argument("--heartbeat", type=float, help=argparse.SUPPRESS)  # tests: seconds between records
     start.add_argument("--record-ttl", type=int, help=argparse.SUPPRESS)  # tests: record lifetime
@@ -35,7 +38,9 @@ def run(args: argparse.Namespace) -> int:
 
     from ..node.p2p import DEFAULT_LISTEN, parse_listen_addr, parse_peer_addr
     from ..node.runner import NodeConfig, load_node, serve
-    from ..protocol.keyfile import default_key_path, load_or_create_identity
+    from ..node.policy import load_policy
+    from ..protocol.errors import UsageError
+    from ..protocol.keyfile import config_dir, data_dir, default_key_path, load_or_create_identity
     from .config import load_config
 
     config = load_config()
@@ -55,7 +60,11 @@ def run(args: argparse.Namespace) -> int:
         device=args.device or config.device,
         dtype=args.dtype or config.dtype,
         ready_file=args.ready_file,
+        policy=load_policy(args.policy or config_dir() / "policy.toml"),
+        state_dir=data_dir() / "node",
     )
+    if args.policy is not None and not args.policy.exists():
+        raise UsageError(f"policy file {args.policy} does not exist")
     if args.heartbeat:
         node_config.heartbeat_s = args.heartbeat
     if args.record_ttl:

@@ -51,3 +51,29 @@ class ReplayCache:
             expires_at, key = heapq.heappop(self._heap)
             if self._expiry_by_key.get(key) == expires_at:
                 del self._expiry_by_key[key]
+
+
+def load_replay_cache(path, now: float) -> ReplayCache:
+    """The cache saved by ``save_replay_cache``; an unreadable file starts empty (and says so)."""
+    import json
+    import logging
+
+    cache = ReplayCache()
+    try:
+        entries = json.loads(path.read_text())
+        cache.restore([(str(k), int(v)) for k, v in entries], now)
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError, TypeError) as exc:
+        logging.getLogger("pointillist.node").warning("replay cache %s unreadable (%s); starting empty", path, exc)
+    return cache
+
+
+def save_replay_cache(path, cache: ReplayCache) -> None:
+    """Atomically: a crash mid-write leaves the previous file, never a torn one."""
+    import json
+    import os
+
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(cache.entries()))
+    os.replace(tmp, path)

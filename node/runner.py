@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import signal
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -19,7 +20,9 @@ from ..protocol.capacity import HEARTBEAT_S, RECORD_TTL_S
 from ..protocol.identity import Identity
 from ..protocol.messages import JOB_PROTOCOL
 from .advertise import Advertiser
-from .limits import NodeLimits
+from .policy import Policy
+from .replay import ReplayCache, load_replay_cache, save_replay_cache
+from .results import ResultStore
 from .network import open_network
 from .p2p import DEFAULT_LISTEN, full_addrs
 from .service import JobService, ServedModels
@@ -39,7 +42,8 @@ class NodeConfig:
     bootstrap: list[str] = field(default_factory=list)
     device: str | None = None
     dtype: str | None = None
-    limits: NodeLimits = field(default_factory=NodeLimits)
+    policy: Policy = field(default_factory=Policy)
+    state_dir: Path | None = None  # results and replay cache; None keeps them in memory only
     ready_file: Path | None = None
     heartbeat_s: float = HEARTBEAT_S
     record_ttl_s: int = RECORD_TTL_S
@@ -70,12 +74,24 @@ def load_node(config: NodeConfig) -> LoadedNode:
 
 
 async def serve(config: NodeConfig, node: LoadedNode, on_ready: Callable[[dict], None] | None = None) -> None:
-    service = JobService(config.identity, node.models, limits=config.limits)
+    results, replay, save = None, ReplayCache(), None
+    if config.state_dir is not None:
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        results = ResultStore(config.state_dir / "results", config.policy.results.keep_hours * 3600,
+                              int(config.policy.results.max_mb * 2**20))
+        replay_path = config.state_dir / "replay.json"
+        replay = load_replay_cache(replay_path, time.time())
+
+        def save(cache: ReplayCache) -> None:
+            save_replay_cache(replay_path, cache)
+
+    service = JobService(config.identity, node.models, policy=config.policy, replay=replay,
+                         results=results, save_replay=save)
     async with open_network(config.identity, config.listen) as net:
         net.host.set_stream_handler(JOB_PROTOCOL, service.handle_stream)
         advertiser = Advertiser(
             net, service, node.models, node.device, node.speed,
-            max_side=config.limits.max_side, pipeline_names=node.pipelines,
+            max_side=config.policy.limits.max_side, pipeline_names=node.pipelines,
             heartbeat_s=config.heartbeat_s, ttl_s=config.record_ttl_s,
         )
         service.on_change = advertiser.changed

@@ -27,17 +27,21 @@ from ..attestation.statement import GenerationRecord
 from ..protocol import framing
 from ..protocol.errors import FrameError, JobRejected, PointillistError, RemoteError, TransportError, VerificationError
 from ..protocol.identity import Identity
+from ..protocol.fetch import FETCH_LIFETIME_S, open_fetch
 from ..protocol.jobs import SignedJob, check_fresh, open_job
 from ..protocol.messages import (
     AcceptedMessage,
     ErrorMessage,
+    FetchMessage,
     ProgressMessage,
     ResultMessage,
     parse_request,
     to_wire,
 )
 from .limits import NodeLimits
+from .policy import Policy, RateLimiter
 from .replay import ReplayCache
+from .results import ResultStore
 
 log = logging.getLogger("pointillist.node")
 
@@ -92,15 +96,21 @@ class JobService:
         identity: Identity,
         models: ServedModels,
         *,
-        limits: NodeLimits | None = None,
+        policy: Policy | None = None,
         replay: ReplayCache | None = None,
+        results: ResultStore | None = None,
+        save_replay: Callable[[ReplayCache], None] | None = None,
         clock: Callable[[], float] = time.time,
         make_params: Callable[[SignedJob], Any] | None = None,
     ) -> None:
         self.identity = identity
         self.models = models
-        self.limits = limits or NodeLimits()
+        self.policy = policy or Policy()
+        self.limits: NodeLimits = self.policy.limits
         self.replay = replay or ReplayCache()
+        self.results = results
+        self._save_replay = save_replay or (lambda cache: None)
+        self._rate = RateLimiter(self.policy.requesters.jobs_per_minute, self.policy.requesters.burst)
         self.clock = clock
         self.stats = NodeStats()
         self._make_params = make_params or _default_params
@@ -148,7 +158,10 @@ class JobService:
             code = "frame-too-large" if "exceeds" in str(exc) else "bad-frame"
             return await self._reject(stream, peer, JobRejected(code, str(exc)))
         try:
-            job = self._admit(parse_request(frame).envelope.to_envelope())
+            message = parse_request(frame)
+            if isinstance(message, FetchMessage):
+                return await self._fetch(stream, message)
+            job = self._admit(message.envelope.to_envelope())
         except JobRejected as exc:
             return await self._reject(stream, peer, exc)
         except FrameError as exc:
@@ -171,7 +184,23 @@ class JobService:
             self.on_change()
         self.stats.completed += 1
         log.info("job %s done (%d bytes)", request.job_id, len(png))
+        if self.results is not None:
+            # Kept before sending: if the requester is gone, it can fetch the result later.
+            await trio.to_thread.run_sync(self.results.put, request.job_id, job.requester, png)
         await self._write(stream, ResultMessage(t="result", jobId=request.job_id, png=png))
+
+    async def _fetch(self, stream: Any, message: FetchMessage) -> None:
+        try:
+            request, requester = open_fetch(message.envelope.to_envelope())
+            check_fresh(request, self.clock(), FETCH_LIFETIME_S)
+        except (VerificationError, RemoteError) as exc:
+            raise JobRejected("bad-signature", str(exc)) from exc
+        if request.node != self.identity.peer_id:
+            raise JobRejected("wrong-node", f"fetch is addressed to {request.node}")
+        stored = self.results.get(request.job_id) if self.results is not None else None
+        if stored is None or stored.requester != requester:  # never tell others what exists
+            raise JobRejected("not-found", f"no stored result for job {request.job_id} of this requester")
+        await self._write(stream, ResultMessage(t="result", jobId=stored.job_id, png=stored.png))
 
     def _admit(self, envelope: Any) -> SignedJob:
         """All checks before any work; raises ``JobRejected`` with the code the requester sees."""
@@ -189,12 +218,15 @@ class JobService:
             raise JobRejected("expired", str(exc)) from exc
         if request.node != self.identity.peer_id:
             raise JobRejected("wrong-node", f"job is addressed to {request.node}, this is {self.identity.peer_id}")
+        self.policy.requesters.check_identity(job.requester)
         self.models.find(request.model)
         self.limits.check(request)
         if self._waiting > self.limits.queue_size:
             raise JobRejected("busy", f"queue full ({self.limits.queue_size} waiting)")
         # Remembered last: a job refused for limits or a full queue may be retried as it is.
+        self._rate.take(job.requester, now)
         self.replay.check_and_remember(request.job_id, request.nonce, request.expires_at, now)
+        self._save_replay(self.replay)
         return job
 
     async def _run(self, stream: Any, job: SignedJob, model: Model) -> bytes:

@@ -144,12 +144,13 @@ def parse_job_payload(payload: bytes) -> JobRequest:
         raise RemoteError(f"invalid job field {where}: {first['msg']}") from exc
 
 
-def check_fresh(request: JobRequest, now: float) -> None:
-    """Raise ``VerificationError`` unless ``now`` lies within the job's validity window."""
+def check_fresh(request: JobRequest, now: float, max_lifetime_s: int = MAX_JOB_LIFETIME_S) -> None:
+    """Raise ``VerificationError`` unless ``now`` lies within the request's validity window
+    (any signed request with ``issued_at``/``expires_at``: jobs, fetches)."""
     if request.expires_at <= request.issued_at:
         raise VerificationError("job expires before it is issued")
-    if request.expires_at - request.issued_at > MAX_JOB_LIFETIME_S:
-        raise VerificationError(f"job lifetime exceeds {MAX_JOB_LIFETIME_S} s")
+    if request.expires_at - request.issued_at > max_lifetime_s:
+        raise VerificationError(f"lifetime exceeds {max_lifetime_s} s")
     if request.issued_at > now + MAX_CLOCK_SKEW_S:
         raise VerificationError("job is issued in the future (check the requester's clock)")
     if now >= request.expires_at:

@@ -34,6 +34,17 @@ def config_dir() -> Path:
     return Path(platformdirs.user_config_dir("pointillist"))
 
 
+def data_dir() -> Path:
+    """Where a node keeps state (results, replay cache): ``$POINTILLIST_HOME`` or the platform's
+    user data directory."""
+    home = os.environ.get("POINTILLIST_HOME")
+    if home:
+        return Path(home)
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("pointillist"))
+
+
 def default_key_path() -> Path:
     return config_dir() / KEY_FILE_NAME
 

@@ -4,6 +4,7 @@ One stream per job. The requester sends one ``job`` message; the node answers wi
 ``accepted``/``progress`` messages and ends with exactly one ``result`` or ``error``::
 
     requester → node   {"t": "job", "envelope": {"payloadType", "payload": bin, "keyid", "sig": bin}}
+                  or   {"t": "fetch", "envelope": ...}   # a stored result, by job id
     node → requester   {"t": "accepted", "jobId": str, "position": int}   # 0 = running now
                        {"t": "progress", "step": int, "total": int}
                        {"t": "result", "jobId": str, "png": bin}          # attestation is inside
@@ -34,6 +35,9 @@ ERROR_CODES = (
     "unknown-model",
     "invalid-params",  # outside this node's limits
     "busy",
+    "rate-limited",  # this requester sent too many jobs; try later or elsewhere
+    "forbidden",  # the operator's policy refuses this requester
+    "not-found",  # fetch: no stored result for that job id (or not yours)
     "timeout",
     "internal",
 )
@@ -61,6 +65,13 @@ class WireEnvelope(_Strict):
 
 class JobMessage(_Strict):
     t: Literal["job"]
+    envelope: WireEnvelope
+
+
+class FetchMessage(_Strict):
+    """Ask for a stored result: the envelope is a fetch request signed by the job's requester."""
+
+    t: Literal["fetch"]
     envelope: WireEnvelope
 
 
@@ -92,10 +103,10 @@ NodeReply = Annotated[
     AcceptedMessage | ProgressMessage | ResultMessage | ErrorMessage, Field(discriminator="t")
 ]
 _REPLY = TypeAdapter(NodeReply)
-_REQUEST = TypeAdapter(Annotated[JobMessage, Field(discriminator="t")])
+_REQUEST = TypeAdapter(Annotated[JobMessage | FetchMessage, Field(discriminator="t")])
 
 
-def parse_request(obj: dict[str, Any]) -> JobMessage:
+def parse_request(obj: dict[str, Any]) -> JobMessage | FetchMessage:
     return _parse(_REQUEST, obj)
 
 
