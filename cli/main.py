@@ -16,6 +16,7 @@ COMMANDS = {
     "keys": ("keys_cmd", "create or show this machine's Ed25519 identity (also its libp2p peer ID)"),
     "node": ("node_cmd", "run a contributor node"),
     "submit": ("submit_cmd", "sign a job, send it to a node, verify and save the image"),
+    "fetch": ("fetch_cmd", "fetch a finished result again by job id"),
     "verify": ("verify_cmd", "check an image's embedded attestation, offline"),
     "peers": ("peers_cmd", "show the live nodes of the network"),
     "demo": ("demo_cmd", "start three local nodes, submit a job, verify the image"),

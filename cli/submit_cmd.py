@@ -90,8 +90,11 @@ def submit_and_verify(identity, peer, request, *, quiet: bool = False, timeout: 
 async def _submit(identity, peer, bootstrap, make_request, model, quiet, timeout):
     from ..node.network import open_network
     from ..node.p2p import DEFAULT_LISTEN, running_host
+    from ..node.backoff import PeerBackoff
     from ..node.requester import find_candidates, run_and_verify, submit_to_best
+    from ..node.selection import rank_nodes
     from ..protocol.errors import PointillistError
+    from ..protocol.keyfile import data_dir
 
     with _progress(quiet) as show:
         if peer is not None:
@@ -103,13 +106,26 @@ async def _submit(identity, peer, bootstrap, make_request, model, quiet, timeout
         async with open_network(identity, [DEFAULT_LISTEN], serve_dht=False) as net:
             show.status("looking for nodes…")
             probe = make_request(identity.peer_id)
-            candidates = await find_candidates(net, bootstrap, model, probe.steps, probe.width, probe.height)
+            backoff_file = data_dir() / "peer-backoff.json"
+            backoff = PeerBackoff.load(backoff_file)
+            avoided = backoff.avoided(net.clock())
+            candidates = await find_candidates(net, bootstrap, model, probe.steps, probe.width, probe.height,
+                                               avoid=avoided)
             if not candidates:
                 raise PointillistError(
                     f"no live node serves {model!r} with free capacity for {probe.width}x{probe.height} "
                     f"(known nodes: {len(net.directory)}; see `pointillist peers`)"
                 )
-            return await submit_to_best(net, identity, candidates, make_request, show.attempt, show.event, timeout)
+
+            def rerank(failed: set[str]):
+                return rank_nodes(net.directory.live(net.clock()), model, probe.steps, probe.width, probe.height,
+                                  exclude=failed | {identity.peer_id})
+
+            try:
+                return await submit_to_best(net, identity, candidates, make_request, show.attempt, show.event,
+                                            timeout, backoff=backoff, rerank=rerank)
+            finally:
+                backoff.save(backoff_file)
 
 
 class _progress:

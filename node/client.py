@@ -20,6 +20,7 @@ from ..protocol.messages import (
     JOB_PROTOCOL,
     AcceptedMessage,
     ErrorMessage,
+    FetchMessage,
     JobMessage,
     ProgressMessage,
     ResultMessage,
@@ -62,7 +63,7 @@ async def run_job(
                     to_wire(JobMessage(t="job", envelope=WireEnvelope.from_envelope(envelope))),
                     framing.MAX_REQUEST_FRAME,
                 )
-                return await _follow(stream, request, on_event)
+                return await _follow(stream, request.job_id, on_event)
             finally:
                 with trio.move_on_after(2):
                     try:
@@ -73,7 +74,29 @@ async def run_job(
         raise TransportError(f"node {peer.peer_id} did not finish within {deadline_s:.0f} s") from exc
 
 
-async def _follow(stream: Any, request: JobRequest, on_event: Callable[[Event], None] | None) -> bytes:
+async def fetch_result(host: IHost, peer: PeerInfo, envelope: Envelope, job_id: str, timeout_s: float = 60.0) -> bytes:
+    """Ask ``peer`` for the stored result of ``job_id`` with a signed fetch request."""
+    await connect(host, peer)
+    try:
+        with trio.fail_after(timeout_s):
+            stream = await _open_stream(host, peer)
+            try:
+                await framing.write_frame(
+                    stream, to_wire(FetchMessage(t="fetch", envelope=WireEnvelope.from_envelope(envelope))),
+                    framing.MAX_REQUEST_FRAME,
+                )
+                return await _follow(stream, job_id, None)
+            finally:
+                with trio.move_on_after(2):
+                    try:
+                        await stream.close()
+                    except Exception:
+                        pass
+    except trio.TooSlowError as exc:
+        raise TransportError(f"node {peer.peer_id} did not answer within {timeout_s:.0f} s") from exc
+
+
+async def _follow(stream: Any, job_id: str, on_event: Callable[[Event], None] | None) -> bytes:
     while True:
         try:
             with trio.fail_after(IDLE_TIMEOUT_S):
@@ -89,8 +112,8 @@ async def _follow(stream: Any, request: JobRequest, on_event: Callable[[Event], 
         if isinstance(message, ErrorMessage):
             raise JobRejected(message.code, message.message)
         if isinstance(message, ResultMessage):
-            if message.jobId != request.job_id:
-                raise RemoteError(f"node answered for job {message.jobId}, not {request.job_id}")
+            if message.jobId != job_id:
+                raise RemoteError(f"node answered for job {message.jobId}, not {job_id}")
             return message.png
         if on_event is not None:
             on_event(message)

@@ -65,7 +65,9 @@ async def run_and_verify(
     return png, report
 
 
-async def find_candidates(net, bootstrap: list[str], model: str, steps: int, width: int, height: int) -> list[Candidate]:
+async def find_candidates(
+    net, bootstrap: list[str], model: str, steps: int, width: int, height: int, avoid: set[str] = frozenset()
+) -> list[Candidate]:
     """Join through ``bootstrap``, learn the network's records, and rank nodes for this job.
 
     Records come from the bootstrap peers' directories (one request each) and, for a model given
@@ -97,7 +99,12 @@ async def find_candidates(net, bootstrap: list[str], model: str, steps: int, wid
         except (TransportError, RemoteError, UsageError) as exc:
             log.info("node %s did not answer a probe: %s", record.peer_id, exc)
             latency[record.peer_id] = float("inf")
-    return rank_nodes(net.directory.live(net.clock()), model, steps, width, height, latency, exclude={net.peer_id})
+    ranked = rank_nodes(net.directory.live(net.clock()), model, steps, width, height, latency, exclude={net.peer_id})
+    # Nodes in backoff go last rather than nowhere: a recovered node beats no node at all.
+    return [c for c in ranked if c.record.peer_id not in avoid] + [c for c in ranked if c.record.peer_id in avoid]
+
+
+RETRYABLE_BUSY = {"busy", "rate-limited"}
 
 
 async def submit_to_best(
@@ -109,24 +116,66 @@ async def submit_to_best(
     on_event: Callable[[Any], None] | None = None,
     timeout: float | None = None,
     max_attempts: int = MAX_ATTEMPTS,
+    backoff=None,
+    rerank: Callable[[set[str]], list[Candidate]] | None = None,
+    busy_rounds: int = 4,
 ):
-    """Try candidates best first; return ``(png, report, request)`` of the first verified image."""
+    """Try candidates best first; return ``(png, report, request)`` of the first verified image.
+
+    A node that fails (unreachable, dies, times out, refuses, sends an image that does not
+    verify) is not tried again in this submit and is put in ``backoff``. A node that is only
+    busy is tried again after a pause: when every candidate of a round answered busy, wait
+    (1 s, 2 s, 4 s…), re-rank on the records gossip brought meanwhile, and go again. The final
+    error lists every attempt.
+    """
     attempts: list[tuple[str, str]] = []
-    for candidate in candidates[:max_attempts]:
-        record = candidate.record
-        request = make_request(record.peer_id)
-        if on_attempt:
-            on_attempt(record.peer_id)
-        try:
-            peer = _peer_info(record)
-            png, report = await run_and_verify(net.host, peer, identity, request, on_event, timeout)
-            return png, report, request
-        except (JobRejected, TransportError, RemoteError, VerificationError) as exc:
-            attempts.append((record.peer_id, exc.diagnostics()))
-            log.info("node %s failed: %s", record.peer_id, exc)
-    if not candidates:
-        raise NoNodeSucceeded([])
+    failed: set[str] = set()
+    tried_fail = 0
+    for round_no in range(busy_rounds + 1):
+        if round_no:
+            await _sleep(min(8.0, 2.0 ** (round_no - 1)))
+            candidates = rerank(failed) if rerank else [c for c in candidates if c.record.peer_id not in failed]
+        for candidate in candidates:
+            record = candidate.record
+            if record.peer_id in failed:
+                continue
+            if tried_fail >= max_attempts:
+                raise NoNodeSucceeded(attempts)
+            request = make_request(record.peer_id)
+            if on_attempt:
+                on_attempt(record.peer_id)
+            try:
+                peer = _peer_info(record)
+                png, report = await run_and_verify(net.host, peer, identity, request, on_event, timeout)
+                if backoff is not None:
+                    backoff.succeeded(record.peer_id)
+                return png, report, request
+            except JobRejected as exc:
+                attempts.append((record.peer_id, exc.diagnostics()))
+                if exc.code in RETRYABLE_BUSY:
+                    continue
+                _fail(record.peer_id, failed, backoff, net)
+                tried_fail += 1
+            except (TransportError, RemoteError, VerificationError, UsageError) as exc:
+                attempts.append((record.peer_id, exc.diagnostics()))
+                _fail(record.peer_id, failed, backoff, net)
+                tried_fail += 1
+            log.info("node %s failed: %s", record.peer_id, attempts[-1][1])
+        if not any(c.record.peer_id not in failed for c in candidates):
+            break
     raise NoNodeSucceeded(attempts)
+
+
+async def _sleep(seconds: float) -> None:
+    import trio
+
+    await trio.sleep(seconds)
+
+
+def _fail(peer_id: str, failed: set[str], backoff, net) -> None:
+    failed.add(peer_id)
+    if backoff is not None:
+        backoff.failed(peer_id, net.clock())
 
 
 def _peer_info(record) -> PeerInfo:

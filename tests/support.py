@@ -43,6 +43,7 @@ class NodeHandle:
         self.home = home
         home.mkdir(parents=True, exist_ok=True)
         self.ready_file = home / "ready.json"
+        self.ready_file.unlink(missing_ok=True)  # a restart in the same home must not read the old one
         self.log_path = home / "node.log"
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
@@ -103,3 +104,38 @@ def load_vector_generator():
         spec.loader.exec_module(module)
         sys.modules[name] = module
     return sys.modules[name]
+
+
+from pointillist.node.p2p import parse_peer_addr, running_host  # noqa: E402
+from pointillist.protocol import framing  # noqa: E402
+from pointillist.protocol.dsse import Envelope  # noqa: E402
+from pointillist.protocol.identity import Identity  # noqa: E402
+from pointillist.protocol.messages import JOB_PROTOCOL, JobMessage, WireEnvelope, to_wire  # noqa: E402
+import trio  # noqa: E402
+
+
+def job_frame(envelope: Envelope) -> bytes:
+    return framing.encode_frame(to_wire(JobMessage(t="job", envelope=WireEnvelope.from_envelope(envelope))))
+
+
+async def exchange(node, raw: bytes, requester=None, reset_after_write: bool = False) -> list[dict]:
+    """Open a job stream, write ``raw`` bytes, return every frame the node sends back."""
+    peer = parse_peer_addr(node.addr)
+    replies = []
+    async with running_host(requester or Identity.generate()) as host:
+        await host.connect(peer)
+        stream = await host.new_stream(peer.peer_id, [JOB_PROTOCOL])
+        await stream.write(raw)
+        if reset_after_write:
+            await stream.reset()
+            return []
+        with trio.fail_after(60):
+            while True:
+                try:
+                    frame = await framing.read_frame(stream, framing.MAX_REPLY_FRAME)
+                except Exception:
+                    break
+                replies.append(frame)
+                if frame["t"] in ("result", "error"):
+                    break
+    return replies

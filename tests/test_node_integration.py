@@ -15,7 +15,7 @@ from pointillist.protocol.identity import Identity
 from pointillist.protocol.jobs import JOB_PAYLOAD_TYPE, new_job_request, sign_job
 from pointillist.protocol.messages import JOB_PROTOCOL, JobMessage, WireEnvelope, to_wire
 
-from support import run_cli
+from support import exchange, job_frame, run_cli
 
 pytestmark = pytest.mark.integration
 REQUESTER = Identity.generate()
@@ -26,33 +26,6 @@ def job_for(node, **over):
                 guidance=7.5, width=64, height=64, now=int(time.time()))
     args.update(over)
     return new_job_request(**args)
-
-
-def job_frame(envelope: Envelope) -> bytes:
-    return framing.encode_frame(to_wire(JobMessage(t="job", envelope=WireEnvelope.from_envelope(envelope))))
-
-
-async def exchange(node, raw: bytes, reset_after_write: bool = False) -> list[dict]:
-    """Open a job stream, write ``raw`` bytes, return every frame the node sends back."""
-    peer = parse_peer_addr(node.addr)
-    replies = []
-    async with running_host(REQUESTER) as host:
-        await host.connect(peer)
-        stream = await host.new_stream(peer.peer_id, [JOB_PROTOCOL])
-        await stream.write(raw)
-        if reset_after_write:
-            await stream.reset()
-            return []
-        with trio.fail_after(60):
-            while True:
-                try:
-                    frame = await framing.read_frame(stream, framing.MAX_REPLY_FRAME)
-                except Exception:
-                    break
-                replies.append(frame)
-                if frame["t"] in ("result", "error"):
-                    break
-    return replies
 
 
 def test_cli_submit_then_verify(shared_node, tmp_path):
@@ -89,7 +62,7 @@ def test_node_image_is_bit_identical_to_a_direct_diffusers_call(shared_node, tmp
     from pointillist.node.pipeline import embedded_model_path
 
     request = job_for(shared_node, prompt="bit for bit", seed=99, steps=4)
-    replies = trio.run(exchange, shared_node, job_frame(sign_job(REQUESTER, request)))
+    replies = trio.run(exchange, shared_node, job_frame(sign_job(REQUESTER, request)), REQUESTER)
     assert replies[-1]["t"] == "result", replies[-1]
     node_pixels = np.asarray(Image.open(io.BytesIO(replies[-1]["png"])).convert("RGB"))
 
