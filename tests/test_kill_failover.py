@@ -1,0 +1,103 @@
+"""Kill test: the serving node is SIGKILLed at a random point of its job, trial after trial;
+every job must still end with a verified image from another node."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+
+import pytest
+import trio
+
+from pointillist.node.network import open_network
+from pointillist.node.requester import find_candidates, submit_to_best
+from pointillist.node.selection import rank_nodes
+from pointillist.protocol.identity import Identity
+from pointillist.protocol.jobs import new_job_request
+from support import REPO, NodeHandle
+
+pytestmark = pytest.mark.integration
+TRIALS = int(os.environ.get("POINTILLIST_KILL_TRIALS", "20"))
+FAST = ["--heartbeat", "1", "--record-ttl", "5"]
+STEPS, SIZE = 8, 128
+
+
+def test_killed_nodes_jobs_finish_elsewhere(tmp_path):
+    rng = random.Random(20261122)
+    boot = NodeHandle(tmp_path / "node0", FAST).wait_ready()
+    nodes = {boot.peer_id: boot}
+    for i in (1, 2):
+        n = NodeHandle(tmp_path / f"node{i}", [*FAST, "--bootstrap", boot.addr]).wait_ready()
+        nodes[n.peer_id] = n
+    homes = {pid: n.home for pid, n in nodes.items()}
+    requester = Identity.generate()
+    outcomes = []
+    try:
+        for trial in range(TRIALS):
+            # at most one node may be down at a time: wait for the last victim to be back
+            for n in nodes.values():
+                if not n.info:
+                    n.wait_ready()
+            kill_point = rng.randrange(-2, STEPS)
+            outcome = trio.run(_one_trial, nodes, requester, kill_point, rng.randrange(2**32))
+            outcome.update(trial=trial, kill_point=kill_point)
+            outcomes.append(outcome)
+            victim = outcome["killed"]
+            if victim:
+                live = next(n for pid, n in nodes.items() if pid != victim and n.alive())
+                nodes[victim] = NodeHandle(homes[victim], [*FAST, "--bootstrap", live.addr])  # restarts in background
+                nodes[victim].info = {}
+    finally:
+        for n in nodes.values():
+            n.stop()
+    (REPO / "docs" / "results").mkdir(exist_ok=True)
+    if os.environ.get("POINTILLIST_RECORD_RESULTS"):
+        (REPO / "docs" / "results" / "kill-test.json").write_text(json.dumps(outcomes, indent=1))
+    assert len(outcomes) == TRIALS
+    assert all(o["killed"] is not None for o in outcomes), outcomes  # every trial killed its node
+    assert all(o["verified"] and o["signed_by"] != o["killed"] for o in outcomes), outcomes
+
+
+async def _one_trial(nodes, requester, kill_point, seed):
+    """``kill_point``: -2 kill as the attempt starts, -1 once the node accepted, k >= 0 once the
+    node reported step k (k < STEPS: the image is still being made)."""
+    from pointillist.protocol.messages import AcceptedMessage, ProgressMessage
+
+    state = {"target": None, "killed": None}
+
+    def kill():
+        if state["killed"] is None:
+            nodes[state["target"]].proc.kill()
+            state["killed"] = state["target"]
+
+    def on_attempt(peer_id):
+        if state["target"] is None:
+            state["target"] = peer_id
+            if kill_point == -2:
+                kill()
+
+    def on_event(event):
+        if state["killed"] is not None:
+            return
+        if isinstance(event, AcceptedMessage) and kill_point == -1:
+            kill()
+        elif isinstance(event, ProgressMessage) and event.step == kill_point:
+            kill()
+
+    def make_request(node):
+        return new_job_request(node=node, model="tiny-sd", prompt="kill test", seed=seed, steps=STEPS,
+                               guidance=7.5, width=SIZE, height=SIZE, now=int(time.time()))
+
+    async with open_network(requester, ["/ip4/127.0.0.1/tcp/0"], serve_dht=False) as net:
+        bootstrap = [n.addr for n in nodes.values() if n.info and n.alive()]
+        candidates = await find_candidates(net, bootstrap, "tiny-sd", STEPS, SIZE, SIZE)
+
+        def rerank(failed):
+            return rank_nodes(net.directory.live(net.clock()), "tiny-sd", STEPS, SIZE, SIZE, exclude=failed)
+
+        png, report, request = await submit_to_best(net, requester, candidates, make_request, on_attempt,
+                                                    on_event, rerank=rerank, max_attempts=3)
+    return {"verified": report.ok, "signed_by": request.node, "killed": state["killed"],
+            "first_choice": state["target"]}

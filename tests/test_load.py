@@ -1,0 +1,90 @@
+"""Load test: many concurrent requesters against three nodes with small queues, for a bounded
+number of jobs. No job is lost (each ends verified, or with an error listing its attempts),
+queues never exceed their bound, and "busy" answers are rerouted or retried."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+
+import pytest
+import trio
+
+from pointillist.node.network import open_network
+from pointillist.node.requester import NoNodeSucceeded, find_candidates, submit_to_best
+from pointillist.node.selection import rank_nodes
+from pointillist.protocol.identity import Identity
+from pointillist.protocol.jobs import new_job_request
+from support import REPO, NodeHandle
+
+pytestmark = pytest.mark.integration
+REQUESTERS = int(os.environ.get("POINTILLIST_LOAD_REQUESTERS", "12"))
+JOBS_EACH = 3
+QUEUE = 1  # one waiting behind the running job; a third concurrent job is answered "busy"
+STEPS, SIZE = 6, 128
+
+
+def test_concurrent_requesters_lose_no_job(tmp_path):
+    policy = tmp_path / "policy.toml"
+    policy.write_text(f"[limits]\nqueue_size = {QUEUE}\n[requesters]\njobs_per_minute = 1000\nburst = 100\n")
+    args = ["--policy", str(policy), "--heartbeat", "1", "--record-ttl", "10"]
+    boot = NodeHandle(tmp_path / "node0", args).wait_ready()
+    nodes = [boot] + [NodeHandle(tmp_path / f"node{i}", [*args, "--bootstrap", boot.addr]).wait_ready() for i in (1, 2)]
+    outcomes: list[dict] = []
+    try:
+        start = time.monotonic()
+        trio.run(_load, [n.addr for n in nodes], outcomes)
+        elapsed = time.monotonic() - start
+        logs = [n.log() for n in nodes]
+    finally:
+        for n in nodes:
+            n.stop()
+
+    ahead = [int(x) for log in logs for x in re.findall(r"accepted \((\d+) ahead\)", log)]
+    busy = sum(log.count("refused (busy)") for log in logs)
+    ok = [o for o in outcomes if o["ok"]]
+    summary = {"requesters": REQUESTERS, "jobs": REQUESTERS * JOBS_EACH, "verified": len(ok),
+               "failed_with_account": len(outcomes) - len(ok), "busy_answers": busy,
+               "jobs_needing_more_than_one_attempt": sum(o["attempts"] > 1 for o in ok),
+               "max_queue_ahead": max(ahead), "queue_bound": QUEUE, "seconds": round(elapsed, 1),
+               "per_node_jobs": [log.count(" done (") for log in logs]}
+    if os.environ.get("POINTILLIST_RECORD_RESULTS"):
+        (REPO / "docs" / "results").mkdir(exist_ok=True)
+        (REPO / "docs" / "results" / "load-test.json").write_text(json.dumps(summary, indent=1))
+    assert len(outcomes) == REQUESTERS * JOBS_EACH, summary  # every job has an outcome
+    assert all(o["ok"] or o["error"] for o in outcomes)  # none ends in silence
+    assert len(ok) == len(outcomes), (summary, [o for o in outcomes if not o["ok"]])
+    assert max(ahead) <= QUEUE, summary
+    assert busy > 0, summary  # the load did exceed a node's queue...
+    assert summary["jobs_needing_more_than_one_attempt"] > 0, summary  # ...and those jobs went elsewhere
+
+
+async def _load(addrs: list[str], outcomes: list[dict]) -> None:
+    async def requester(index: int) -> None:
+        identity = Identity.generate()
+        async with open_network(identity, ["/ip4/127.0.0.1/tcp/0"], serve_dht=False) as net:
+            for job in range(JOBS_EACH):
+                attempts = []
+
+                def make_request(node, job=job):
+                    return new_job_request(node=node, model="tiny-sd", prompt=f"load {index}/{job}",
+                                           seed=index * 100 + job, steps=STEPS, guidance=7.5, width=SIZE,
+                                           height=SIZE, now=int(time.time()))
+
+                def rerank(failed):
+                    return rank_nodes(net.directory.live(net.clock()), "tiny-sd", STEPS, SIZE, SIZE, exclude=failed)
+
+                try:
+                    candidates = await find_candidates(net, addrs, "tiny-sd", STEPS, SIZE, SIZE)
+                    _, report, _ = await submit_to_best(net, identity, candidates, make_request, attempts.append,
+                                                        rerank=rerank, busy_rounds=8)
+                    outcomes.append({"ok": report.ok, "attempts": len(attempts), "error": None})
+                except NoNodeSucceeded as exc:
+                    outcomes.append({"ok": False, "attempts": len(attempts), "error": str(exc)})
+
+    with trio.fail_after(600):
+        async with trio.open_nursery() as nursery:
+            for i in range(REQUESTERS):
+                nursery.start_soon(requester, i)
