@@ -29,6 +29,10 @@ from pointillist.node.network import open_network  # noqa: E402
 from pointillist.node.p2p import parse_peer_addr  # noqa: E402
 from pointillist.protocol.identity import Identity  # noqa: E402
 
+import logging  # noqa: E402
+
+logging.getLogger("libp2p").setLevel(logging.WARNING)  # polling would otherwise log every dial
+
 TICKS = os.sysconf("SC_CLK_TCK")
 
 

@@ -82,15 +82,23 @@ class Advertiser:
         self.published += 1
 
     async def run(self) -> None:
+        # The first publication may reach nobody (no mesh formed yet): repeat it shortly after
+        # joining instead of leaving newcomers to wait a full heartbeat.
+        for delay in (0.0, 2.0, 5.0):
+            await trio.sleep(delay)
+            await self._publish_logged()
         while True:
-            try:
-                await self.publish_now()
-            except Exception:  # publishing is retried at the next heartbeat
-                log.warning("could not publish capacity record", exc_info=True)
             await trio.sleep(MIN_PUBLISH_INTERVAL_S)
             with trio.move_on_after(max(0.0, self.heartbeat_s - MIN_PUBLISH_INTERVAL_S)):
                 await self._changed.wait()
             self._changed = trio.Event()
+            await self._publish_logged()
+
+    async def _publish_logged(self) -> None:
+        try:
+            await self.publish_now()
+        except Exception:  # publishing is retried at the next heartbeat
+            log.warning("could not publish capacity record", exc_info=True)
 
     def _addrs(self) -> list[str]:
         from .p2p import full_addrs

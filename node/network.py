@@ -33,7 +33,7 @@ from libp2p.tools.anyio_service import LifecycleError, background_trio_service
 
 from ..protocol import framing
 from ..protocol.capacity import CapacityRecord, decode_record
-from ..protocol.errors import FrameError, RemoteError, TransportError, find_ours
+from ..protocol.errors import FrameError, RemoteError, TransportError, UsageError, find_ours
 from ..protocol.identity import Identity
 from .directory import PeerDirectory
 from .p2p import build_host, connect, disconnect_all, parse_listen_addr, parse_peer_addr
@@ -197,6 +197,33 @@ class Network:
             return
         with contextlib.suppress(Exception):
             await stream.close()
+
+    async def keep_peers(self, target: int) -> int:
+        """Connect to known nodes (from their records) until ``target`` peers are connected.
+
+        A star around the bootstrap peer is fragile for gossip (the hub prunes its mesh to D and
+        leaves reach each other only through lazy gossip), so nodes keep a few direct peers of
+        their own; a bounded number, so connections do not grow with the network.
+        """
+        import random
+
+        connected = set(self.host.get_connected_peers())
+        candidates = [r for r in self.directory.live(self.clock())
+                      if r.peer_id != self.peer_id and ID.from_base58(r.peer_id) not in connected]
+        random.shuffle(candidates)
+        for record in candidates:
+            if len(connected) >= target:
+                break
+            for addr in record.addrs:
+                try:
+                    peer = parse_peer_addr(addr)
+                    await connect(self.host, peer, timeout_s=5)
+                    await self.dht.add_peer(peer.peer_id)
+                    connected.add(peer.peer_id)
+                    break
+                except (TransportError, UsageError):
+                    continue
+        return len(connected)
 
     # ---- DHT --------------------------------------------------------------------------
 

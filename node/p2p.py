@@ -38,19 +38,26 @@ DIAL_TIMEOUT_S = 10.0
 def build_host(identity: Identity) -> IHost:
     key_pair = create_new_key_pair(identity.seed)
     noise = NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)
-    return new_host(
+    host = new_host(
         key_pair=key_pair,
         sec_opt={NOISE_PROTOCOL_ID: noise},
         muxer_preference="YAMUX",
         connection_config=ConnectionConfig(
             max_connections_per_peer=1,
             dial_timeout=DIAL_TIMEOUT_S,
-            # py-libp2p's default keeps >= 50 connections by dialing every known peer
-            # ("initiating 200 new dials" each interval); we dial only whom we need.
             min_connections=0,
             low_watermark=0,
         ),
     )
+    # py-libp2p's auto-connector aims at the midpoint of its watermarks (150 connections) by
+    # dialing every peer it has heard of: at 20 nodes that is a full mesh, at 10,000 a storm. We
+    # choose whom to connect to (``Network.keep_peers``); GossipSub and Kademlia work over those.
+    host.get_network().auto_connector.maybe_connect = _no_auto_dial
+    return host
+
+
+async def _no_auto_dial() -> None:
+    return None
 
 
 def parse_listen_addr(text: str) -> multiaddr.Multiaddr:

@@ -31,6 +31,8 @@ log = logging.getLogger("pointillist.node")
 
 #: Provider records in the DHT are renewed this often.
 REPROVIDE_S = 600
+#: Direct peers a node keeps besides whoever connects to it.
+PEER_TARGET = 8
 
 
 @dataclass
@@ -101,6 +103,7 @@ async def serve(config: NodeConfig, node: LoadedNode, on_ready: Callable[[dict],
         async with trio.open_nursery() as nursery:
             nursery.start_soon(advertiser.run)
             nursery.start_soon(_reprovide, net, [m.digest for m in node.models])
+            nursery.start_soon(_keep_peers, net, config.heartbeat_s)
             info = {
                 "peer_id": config.identity.peer_id,
                 "addrs": full_addrs(net.host),
@@ -117,6 +120,7 @@ async def serve(config: NodeConfig, node: LoadedNode, on_ready: Callable[[dict],
                 async for signum in signals:
                     log.info("received %s, shutting down", signal.Signals(signum).name)
                     break
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a repeated SIGTERM must not cut the shutdown short
             service.shutdown()
             with trio.move_on_after(2):
                 await advertiser.publish_now()  # "accepting": false, so requesters look elsewhere
@@ -127,6 +131,16 @@ async def _reprovide(net, digests: list[str]) -> None:
     while True:
         await net.provide_models(digests)
         await trio.sleep(REPROVIDE_S)
+
+
+async def _keep_peers(net, period_s: float) -> None:
+    await trio.sleep(1)  # let the first records arrive
+    while True:
+        try:
+            await net.keep_peers(PEER_TARGET)
+        except Exception:
+            log.debug("keeping peers failed", exc_info=True)
+        await trio.sleep(period_s)
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
