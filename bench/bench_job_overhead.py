@@ -38,7 +38,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--size", type=int, default=64)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--model", type=Path, help="model folder (default: embedded tiny model)")
     ap.add_argument("--echo-server", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
