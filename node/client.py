@@ -52,18 +52,26 @@ async def run_job(
 ) -> bytes:
     """Send the job and wait for its result. Raises ``JobRejected`` if the node says no,
     ``TransportError`` if it cannot be reached or goes silent, ``RemoteError`` if it sends garbage."""
-    deadline_s = deadline_s or job_deadline_s(request)
+    message = JobMessage(t="job", envelope=WireEnvelope.from_envelope(envelope))
+    return await _exchange(host, peer, message, request.job_id, on_event, deadline_s or job_deadline_s(request))
+
+
+async def fetch_result(host: IHost, peer: PeerInfo, envelope: Envelope, job_id: str, timeout_s: float = 60.0) -> bytes:
+    """Ask ``peer`` for the stored result of ``job_id`` with a signed fetch request."""
+    message = FetchMessage(t="fetch", envelope=WireEnvelope.from_envelope(envelope))
+    return await _exchange(host, peer, message, job_id, None, timeout_s)
+
+
+async def _exchange(host: IHost, peer: PeerInfo, message: Any, job_id: str,
+                    on_event: Callable[[Event], None] | None, deadline_s: float) -> bytes:
+    """One request on a new job stream, then follow the replies to a result or an error."""
     await connect(host, peer)
     try:
         with trio.fail_after(deadline_s):
             stream = await _open_stream(host, peer)
             try:
-                await framing.write_frame(
-                    stream,
-                    to_wire(JobMessage(t="job", envelope=WireEnvelope.from_envelope(envelope))),
-                    framing.MAX_REQUEST_FRAME,
-                )
-                return await _follow(stream, request.job_id, on_event)
+                await framing.write_frame(stream, to_wire(message), framing.MAX_REQUEST_FRAME)
+                return await _follow(stream, job_id, on_event)
             finally:
                 with trio.move_on_after(2):
                     try:
@@ -72,28 +80,6 @@ async def run_job(
                         pass
     except trio.TooSlowError as exc:
         raise TransportError(f"node {peer.peer_id} did not finish within {deadline_s:.0f} s") from exc
-
-
-async def fetch_result(host: IHost, peer: PeerInfo, envelope: Envelope, job_id: str, timeout_s: float = 60.0) -> bytes:
-    """Ask ``peer`` for the stored result of ``job_id`` with a signed fetch request."""
-    await connect(host, peer)
-    try:
-        with trio.fail_after(timeout_s):
-            stream = await _open_stream(host, peer)
-            try:
-                await framing.write_frame(
-                    stream, to_wire(FetchMessage(t="fetch", envelope=WireEnvelope.from_envelope(envelope))),
-                    framing.MAX_REQUEST_FRAME,
-                )
-                return await _follow(stream, job_id, None)
-            finally:
-                with trio.move_on_after(2):
-                    try:
-                        await stream.close()
-                    except Exception:
-                        pass
-    except trio.TooSlowError as exc:
-        raise TransportError(f"node {peer.peer_id} did not answer within {timeout_s:.0f} s") from exc
 
 
 async def _follow(stream: Any, job_id: str, on_event: Callable[[Event], None] | None) -> bytes:
