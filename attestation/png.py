@@ -259,6 +259,8 @@ def _provenance_texts(chunks: list[tuple[bytes, bytes]]) -> dict[str, str]:
 
 def _decode_text(chunk_type: bytes, rest: bytes) -> str:
     """The text of a tEXt / zTXt / iTXt chunk after its keyword and NUL (PNG spec 11.3.4)."""
+    if len(rest) > MAX_TEXT_BYTES + 64:  # uncompressed text is bounded like inflated text
+        raise ValueError(f"text longer than {MAX_TEXT_BYTES} bytes")
     if chunk_type == b"tEXt":
         return rest.decode("latin-1")
     if chunk_type == b"zTXt":

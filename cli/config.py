@@ -56,6 +56,9 @@ def load_config(path: Path | None = None) -> Config:
     unknown |= {f"node.{k}" for k in set(node) - _NODE}
     if unknown:
         raise UsageError(f"{path}: unknown setting(s) {', '.join(sorted(unknown))}")
+    for key in ("model_config", "device", "dtype"):
+        if key in node and not isinstance(node[key], str):
+            raise UsageError(f"{path}: node.{key} must be a string")
     return Config(
         bootstrap=_strings(raw.get("bootstrap", []), "bootstrap", path),
         listen=_strings(node.get("listen", []), "node.listen", path),

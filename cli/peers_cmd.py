@@ -7,11 +7,13 @@ import argparse
 import json
 import sys
 
+from . import options
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bootstrap", action="append", default=[], metavar="MULTIADDR",
                    help="peer to ask; repeatable (default: config.toml)")
-    p.add_argument("--wait", type=float, default=2.0, help="seconds to listen to gossip after joining (default 2)")
+    p.add_argument("--wait", type=options.non_negative_float, default=2.0, help="seconds to listen to gossip after joining (default 2)")
     p.add_argument("--json", action="store_true", help="print records as JSON")
     p.add_argument("--key", help="identity file (default: a throwaway identity)")
 
@@ -62,6 +64,7 @@ async def _collect(bootstrap: list[str], wait: float, key: str | None) -> list[d
 
 def _table(rows: list[dict]) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title=f"{len(rows)} live node(s)")
@@ -70,10 +73,10 @@ def _table(rows: list[dict]) -> None:
     for r in rows:
         device = r["device"]
         vram = f" {device['vramTotal'] / 2**30:.0f} GiB" if device["vramTotal"] else ""
-        table.add_row(
-            r["peerId"][:20] + "…",
-            f"{device['kind']} {device['name']}{vram}",
-            "\n".join(f"{m['name']} {m['digest'][:12]}" for m in r["models"]),
+        table.add_row(  # names come from other peers' records: never let them be markup
+            escape(r["peerId"][:20]) + "…",
+            escape(f"{device['kind']} {device['name']}{vram}"),
+            escape("\n".join(f"{m['name']} {m['digest'][:12]}" for m in r["models"])),
             f"{r['speed']['stepsPerS']:g} steps/s @{r['speed']['refWidth']}²",
             f"{r['queueFree']}/{r['queueSize']} free" + ("" if r["accepting"] else " (closed)"),
             f"{r['ageS']:.0f} s",

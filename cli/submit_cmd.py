@@ -35,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, help="output PNG (default pointillist-<job id>.png)")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p.add_argument("--key", type=Path, help="requester identity file")
-    p.add_argument("--timeout", type=float, help="give up on a node after this many seconds (default: scaled by work)")
+    p.add_argument("--timeout", type=options.positive_float, help="give up on a node after this many seconds (default: scaled by work)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -77,14 +77,6 @@ def run(args: argparse.Namespace) -> int:
         print_report(report, sys.stderr)
     print(out)
     return 0
-
-
-def submit_and_verify(identity, peer, request, *, quiet: bool = False, timeout: float | None = None):
-    """Run ``request`` on ``peer`` (a PeerInfo) and return ``(png, report)`` if it verifies."""
-    import trio
-
-    png, report, _ = trio.run(_submit, identity, peer, [], lambda node: request, request.model, quiet, timeout)
-    return png, report
 
 
 async def _submit(identity, peer, bootstrap, make_request, model, quiet, timeout):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -15,7 +16,8 @@ from pathlib import Path
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("image", type=Path, help="PNG written by pointillist (or any tool that kept its chunks)")
     p.add_argument("--expect-node", metavar="PEER_ID", help="fail unless this node signed it")
-    p.add_argument("--expect-model", metavar="DIGEST", help="fail unless made with this model digest")
+    p.add_argument("--expect-model", metavar="DIGEST",
+                   help="fail unless made with this model digest (full, or its first 10+ hex digits)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
@@ -24,6 +26,9 @@ def run(args: argparse.Namespace) -> int:
     from ..protocol.errors import UsageError
     from .report import print_report
 
+    if args.expect_model is not None and not re.fullmatch(r"[0-9a-f]{10,64}", args.expect_model):
+        # A name is whatever the signing node chose to call its model: it would prove nothing.
+        raise UsageError("--expect-model takes a model digest (or its first 10+ hex digits), not a name")
     try:
         data = args.image.read_bytes()
     except OSError as exc:

@@ -214,15 +214,15 @@ class Network:
         for record in candidates:
             if len(connected) >= target:
                 break
-            for addr in record.addrs:
-                try:
-                    peer = parse_peer_addr(addr)
-                    await connect(self.host, peer, timeout_s=5)
-                    await self.dht.add_peer(peer.peer_id)
-                    connected.add(peer.peer_id)
-                    break
-                except (TransportError, UsageError):
-                    continue
+            peer = _own_address(record)  # a record may list others' addresses: dial only its own
+            if peer is None:
+                continue
+            try:
+                await connect(self.host, peer, timeout_s=5)
+                await self.dht.add_peer(peer.peer_id)
+                connected.add(peer.peer_id)
+            except TransportError:
+                continue
         return len(connected)
 
     # ---- DHT --------------------------------------------------------------------------
@@ -242,6 +242,18 @@ class Network:
                     if info.peer_id != self.host.get_id():
                         found.setdefault(info.peer_id, info)
         return list(found.values())
+
+
+def _own_address(record: CapacityRecord) -> PeerInfo | None:
+    """The first address in ``record`` that dials the peer the record describes."""
+    for addr in record.addrs:
+        try:
+            peer = parse_peer_addr(addr)
+        except UsageError:
+            continue
+        if peer.peer_id.to_base58() == record.peer_id:
+            return peer
+    return None
 
 
 @asynccontextmanager

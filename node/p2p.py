@@ -18,7 +18,6 @@ from libp2p.abc import IHost
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.network.config import ConnectionConfig
-from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
@@ -78,10 +77,6 @@ def parse_peer_addr(text: str) -> PeerInfo:
         raise UsageError(
             f"not a peer address: {text!r} (expected /ip4/<ip>/tcp/<port>/p2p/<peer id>)"
         ) from exc
-
-
-def peer_id_str(peer_id: ID) -> str:
-    return peer_id.to_base58()
 
 
 def full_addrs(host: IHost) -> list[str]:

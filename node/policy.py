@@ -87,10 +87,15 @@ def load_policy(path: Path | None) -> Policy:
 def _build(cls, values: dict, section: str, path: Path):
     if not isinstance(values, dict):
         raise UsageError(f"policy {path}: [{section}] must be a table")
-    known = {f.name: f.type for f in fields(cls)}
-    unknown = set(values) - set(known)
+    defaults = {f.name: getattr(cls(), f.name) for f in fields(cls)}
+    unknown = set(values) - set(defaults)
     if unknown:
         raise UsageError(f"policy {path}: unknown setting(s) {', '.join(f'{section}.{k}' for k in sorted(unknown))}")
+    for name, value in values.items():
+        expected = type(defaults[name])
+        ok = isinstance(value, expected) or (expected is float and isinstance(value, int))
+        if not ok or isinstance(value, bool) != isinstance(defaults[name], bool):
+            raise UsageError(f"policy {path}: {section}.{name} must be {expected.__name__}, not {value!r}")
     try:
         obj = cls(**values)
     except TypeError as exc:

@@ -24,6 +24,12 @@ class ReplayCache:
     def __len__(self) -> int:
         return len(self._expiry_by_key)
 
+    def check_unseen(self, job_id: str, nonce: str, now: float) -> None:
+        """Raise ``JobRejected("replayed")`` if the job id or nonce was seen; remember nothing."""
+        self._prune(now)
+        if f"id:{job_id}" in self._expiry_by_key or f"nonce:{nonce}" in self._expiry_by_key:
+            raise JobRejected("replayed", f"job {job_id} was already accepted by this node")
+
     def check_and_remember(self, job_id: str, nonce: str, expires_at: int, now: float) -> None:
         """Raise ``JobRejected("replayed")`` if the job id or nonce was seen; otherwise remember both."""
         self._prune(now)

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from libp2p.abc import IHost
-from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 
 from ..protocol.errors import JobRejected, PointillistError, RemoteError, TransportError, UsageError, VerificationError
@@ -179,11 +178,9 @@ def _fail(peer_id: str, failed: set[str], backoff, net) -> None:
 
 
 def _peer_info(record) -> PeerInfo:
-    for addr in record.addrs:
-        try:
-            info = parse_peer_addr(addr)
-        except UsageError:
-            continue
-        if info.peer_id == ID.from_base58(record.peer_id):
-            return info
-    raise UsageError(f"node {record.peer_id} advertises no usable address")
+    from .network import _own_address
+
+    peer = _own_address(record)
+    if peer is None:
+        raise UsageError(f"node {record.peer_id} advertises no usable address")
+    return peer

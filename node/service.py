@@ -3,7 +3,8 @@ progress, answer with the attested PNG.
 
 Order of checks (cheapest and most security-relevant first, nothing runs before all pass):
 frame size → msgpack → message schema → requester signature → job schema → freshness →
-addressed to this node → replay → model served here → operator limits → queue space.
+addressed to this node → requester allowed → model served here → operator limits → not shutting
+down → queue space → not a replay → per-requester rate → remember job id and nonce.
 
 A peer can never crash the node: every stream handler ends in a catch-all that logs and resets
 the stream. Every write has a deadline, and a peer that does not read is treated as gone
@@ -12,7 +13,6 @@ the stream. Every write has a deadline, and a peer that does not read is treated
 
 from __future__ import annotations
 
-import datetime as _dt
 import logging
 import threading
 import time
@@ -23,9 +23,9 @@ import trio
 
 from ..attestation.png import embed_provenance
 from ..attestation.sign import attest
-from ..attestation.statement import GenerationRecord
+from ..attestation.statement import GenerationRecord, rfc3339_utc
 from ..protocol import framing
-from ..protocol.errors import FrameError, JobRejected, PointillistError, RemoteError, TransportError, VerificationError
+from ..protocol.errors import FrameError, JobRejected, RemoteError, TransportError, VerificationError
 from ..protocol.identity import Identity
 from ..protocol.fetch import FETCH_LIFETIME_S, open_fetch
 from ..protocol.jobs import SignedJob, check_fresh, open_job
@@ -186,15 +186,21 @@ class JobService:
         log.info("job %s done (%d bytes)", request.job_id, len(png))
         if self.results is not None:
             # Kept before sending: if the requester is gone, it can fetch the result later.
-            await trio.to_thread.run_sync(self.results.put, request.job_id, job.requester, png)
+            try:
+                await trio.to_thread.run_sync(self.results.put, request.job_id, job.requester, png)
+            except OSError as exc:  # a full disk must not cost the requester its image
+                log.warning("job %s: result not stored (%s); sending it anyway", request.job_id, exc)
         await self._write(stream, ResultMessage(t="result", jobId=request.job_id, png=png))
 
     async def _fetch(self, stream: Any, message: FetchMessage) -> None:
         try:
             request, requester = open_fetch(message.envelope.to_envelope())
-            check_fresh(request, self.clock(), FETCH_LIFETIME_S)
         except (VerificationError, RemoteError) as exc:
             raise JobRejected("bad-signature", str(exc)) from exc
+        try:
+            check_fresh(request, self.clock(), FETCH_LIFETIME_S)
+        except VerificationError as exc:
+            raise JobRejected("expired", f"fetch request: {exc}") from exc
         if request.node != self.identity.peer_id:
             raise JobRejected("wrong-node", f"fetch is addressed to {request.node}")
         stored = self.results.get(request.job_id) if self.results is not None else None
@@ -221,9 +227,13 @@ class JobService:
         self.policy.requesters.check_identity(job.requester)
         self.models.find(request.model)
         self.limits.check(request)
+        if self.shutting_down:
+            raise JobRejected("busy", "node is shutting down")
         if self._waiting > self.limits.queue_size:
             raise JobRejected("busy", f"queue full ({self.limits.queue_size} waiting)")
-        # Remembered last: a job refused for limits or a full queue may be retried as it is.
+        # A replay must not cost the real requester a token: anyone holding the image holds the
+        # signed job. Remembered last, so a job refused for load may be retried as it is.
+        self.replay.check_unseen(request.job_id, request.nonce, now)
         self._rate.take(job.requester, now)
         self.replay.check_and_remember(request.job_id, request.nonce, request.expires_at, now)
         self._save_replay(self.replay)
@@ -256,24 +266,29 @@ class JobService:
                         except TransportError:
                             deliverable = False  # keep generating; the requester may come back
 
+        failure: JobRejected | None = None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(forward_progress)
             try:
                 await self._write(stream, ProgressMessage(t="progress", step=0, total=job.request.steps))
             except TransportError:
                 pass
+            # Failures are raised after the nursery: raised inside, trio would wrap them in an
+            # ExceptionGroup and the requester would get a generic "internal error".
             try:
                 await trio.to_thread.run_sync(work)
             except GenerationCancelled as exc:
-                raise JobRejected("internal", str(exc)) from exc
-            except PointillistError:
-                raise
+                failure = JobRejected("busy", f"node is shutting down ({exc})")
+            except JobRejected as exc:
+                failure = exc
             except Exception as exc:
                 self.stats.failed += 1
                 log.exception("job %s failed in the pipeline", job.request.job_id)
-                raise JobRejected("internal", f"generation failed: {type(exc).__name__}") from exc
+                failure = JobRejected("internal", f"generation failed: {type(exc).__name__}: {exc}"[:300])
             finally:
                 await send.aclose()
+        if failure is not None:
+            raise failure
         return result["png"]
 
     def _attest(self, job: SignedJob, model: Model, generated: Any) -> bytes:
@@ -298,7 +313,7 @@ class JobService:
             requester=job.requester,
             request_sha256=job.payload_sha256,
             node=self.identity.peer_id,
-            created_at=_rfc3339(self.clock()),
+            created_at=rfc3339_utc(self.clock()),
         )
         envelope = attest(self.identity, record, generated.image)
         return embed_provenance(generated.image, envelope, job.envelope)
@@ -359,6 +374,3 @@ def _remote_peer(stream: Any) -> str:
     except Exception:
         return "?"
 
-
-def _rfc3339(ts: float) -> str:
-    return _dt.datetime.fromtimestamp(int(ts), _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

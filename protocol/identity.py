@@ -39,6 +39,8 @@ def public_key_from_peer_id(peer_id: str) -> bytes:
     Only identity-multihash Ed25519 peer IDs carry their key; others (RSA, sha256-hashed) are refused
     because a verifier could not check a signature without fetching the key from somewhere.
     """
+    if not 40 <= len(peer_id) <= 60:  # base58 decoding is quadratic: never decode a long string
+        raise SignatureError(f"not an Ed25519 peer ID: {peer_id[:60]!r}")
     try:
         raw = base58.b58decode(peer_id.encode("ascii"))
     except (ValueError, UnicodeEncodeError) as exc:

@@ -94,3 +94,17 @@ def test_fast_commands_do_not_import_heavy_modules(argv, tmp_path):
     env = {**os.environ, "POINTILLIST_HOME": str(tmp_path)}
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_expect_model_takes_a_digest_not_a_name(capsys):
+    assert main(["verify", str(VECTORS / "valid.png"), "--expect-model", "stable-diffusion-v1-5"]) == 2
+    assert "not a name" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["submit", "x", "--timeout", "-1", "--peer", "p"],
+                                  ["submit", "x", "--timeout", "nan", "--peer", "p"],
+                                  ["peers", "--wait", "-1"]])
+def test_bad_numbers_are_usage_errors(argv):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2

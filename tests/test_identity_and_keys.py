@@ -85,3 +85,16 @@ def test_keys_command_does_not_import_libp2p_or_torch(tmp_path):
     env = {**os.environ, "POINTILLIST_HOME": str(tmp_path)}
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_long_peer_ids_are_refused_before_decoding(monkeypatch):
+    # base58 decoding is quadratic in the length (a 40,000-character key ID took ~1 s), so a
+    # peer-supplied key ID of the wrong length must never reach the decoder.
+    import base58
+
+    def must_not_decode(_):
+        raise AssertionError("decoded a peer ID of impossible length")
+
+    monkeypatch.setattr(base58, "b58decode", must_not_decode)
+    with pytest.raises(SignatureError):
+        public_key_from_peer_id("1" * 40_000)

@@ -109,3 +109,21 @@ def test_backoff_doubles_and_forgets_on_success(tmp_path):
     assert PeerBackoff.load(tmp_path / "b.json").avoided(1) == {"q"}
     (tmp_path / "junk.json").write_text("[1,2")
     assert PeerBackoff.load(tmp_path / "junk.json").avoided(0) == set()
+
+
+def test_policy_values_are_type_checked(tmp_path):
+    path = tmp_path / "policy.toml"
+    path.write_text('[limits]\nqueue_size = "8"\n')
+    with pytest.raises(UsageError, match="queue_size must be int"):
+        load_policy(path)
+    path.write_text("[limits]\nmax_guidance = 12\n")  # an int where a float is expected is fine
+    assert load_policy(path).limits.max_guidance == 12
+
+
+def test_replay_check_unseen_remembers_nothing():
+    cache = ReplayCache()
+    cache.check_unseen(JOB, "b" * 32, now=0)
+    cache.check_unseen(JOB, "b" * 32, now=0)
+    cache.check_and_remember(JOB, "b" * 32, expires_at=100, now=0)
+    with pytest.raises(JobRejected):
+        cache.check_unseen(JOB, "c" * 32, now=1)
