@@ -103,11 +103,12 @@ async def _submit(identity, peer, bootstrap, make_request, model, quiet, timeout
             avoided = backoff.avoided(net.clock())
             candidates = await find_candidates(net, bootstrap, model, probe.steps, probe.width, probe.height,
                                                avoid=avoided)
-            if not candidates:
+            live = net.directory.live(net.clock())
+            if not candidates and not any(r.serves(model) for r in live):
                 raise PointillistError(
-                    f"no live node serves {model!r} with free capacity for {probe.width}x{probe.height} "
-                    f"(known nodes: {len(net.directory)}; see `pointillist peers`)"
+                    f"no live node serves {model!r} (known nodes: {len(live)}; see `pointillist peers`)"
                 )
+            # Nodes that serve it but are all full right now: submit_to_best waits for a free slot.
 
             def rerank(failed: set[str]):
                 return rank_nodes(net.directory.live(net.clock()), model, probe.steps, probe.width, probe.height,

@@ -34,7 +34,7 @@ class NoNodeSucceeded(PointillistError):
 
     def __init__(self, attempts: list[tuple[str, str]]) -> None:
         self.attempts = attempts
-        lines = "; ".join(f"{peer[:20]}…: {why}" for peer, why in attempts) or "no node was tried"
+        lines = "; ".join(f"{peer[:20]}…: {why}" for peer, why in attempts) or "no node had a free slot"
         super().__init__(f"no node completed the job ({len(attempts)} attempt(s)): {lines}")
 
 
@@ -160,8 +160,11 @@ async def submit_to_best(
                 _fail(record.peer_id, failed, backoff, net)
                 tried_fail += 1
             log.info("node %s failed: %s", record.peer_id, attempts[-1][1])
-        if not any(c.record.peer_id not in failed for c in candidates):
+        if candidates and not any(c.record.peer_id not in failed for c in candidates):
+            break  # every candidate failed for real
+        if not candidates and rerank is None:
             break
+        # Otherwise nodes were busy, or every one was full when ranked: wait for capacity.
     raise NoNodeSucceeded(attempts)
 
 

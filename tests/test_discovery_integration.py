@@ -72,7 +72,7 @@ def test_every_node_sees_every_record(network):
     def all_complete():
         return all(set(trio.run(directory_of, n.addr)) >= everyone for n in network)
 
-    wait_for(all_complete, 30, "all records on all nodes")
+    wait_for(all_complete, 60, "all records on all nodes")
     record = trio.run(directory_of, network[1].addr)[network[5].peer_id]
     assert record.serves("other-sd") and not record.serves("tiny-sd")
     assert record.speed.steps_per_s > 0 and record.queue_free == record.queue_size and record.accepting
