@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
 from pointillist.protocol.errors import UsageError, VerificationError
-from pointillist.protocol.fields import Hex128, PeerIdStr, PromptStr, SeedStr
+from pointillist.protocol.fields import Hex128, PeerIdStr, PromptStr, SeedStr, first_problem
 from pointillist.protocol.strict_json import StrictJSONError, loads_strict
 
 from .pixels import PixelSubject
@@ -146,9 +146,7 @@ def parse_statement(payload: bytes) -> Statement:
     try:
         model = _StatementModel.model_validate(obj)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "statement"
-        raise VerificationError(f"invalid statement field {where}: {first['msg']}") from None
+        raise VerificationError(f"invalid statement field {first_problem(exc, 'statement')}") from None
     return _to_statement(model)
 
 

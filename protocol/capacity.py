@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from .dsse import Envelope, sign_envelope
 from .errors import RemoteError, VerificationError
-from .fields import PeerIdStr
+from .fields import PeerIdStr, first_problem
 from .identity import Identity
 from .strict_json import StrictJSONError, loads_strict
 
@@ -116,8 +116,7 @@ def decode_record(data: bytes, now: float, sender: str | None = None) -> Capacit
     except StrictJSONError as exc:
         raise RemoteError(f"record payload: {exc}") from None
     except ValidationError as exc:
-        first = exc.errors()[0]
-        raise RemoteError(f"record field {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+        raise RemoteError(f"record field {first_problem(exc, 'record')}") from None
     if record.peer_id != envelope.keyid:
         raise RemoteError(f"record for {record.peer_id} is signed by {envelope.keyid}")
     if sender is not None and sender != record.peer_id:

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .dsse import Envelope, sign_envelope
 from .errors import RemoteError, VerificationError
-from .fields import Hex128, PeerIdStr
+from .fields import Hex128, PeerIdStr, first_problem
 from .identity import Identity
 from .strict_json import StrictJSONError, loads_strict
 
@@ -44,5 +44,5 @@ def open_fetch(envelope: Envelope) -> tuple[FetchRequest, str]:
     except StrictJSONError as exc:
         raise RemoteError(f"fetch payload: {exc}") from None
     except ValidationError as exc:
-        raise RemoteError(f"invalid fetch request: {exc.errors()[0]['msg']}") from None
+        raise RemoteError(f"invalid fetch request field {first_problem(exc, 'fetch')}") from None
     return request, envelope.keyid

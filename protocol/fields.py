@@ -22,3 +22,11 @@ PeerIdStr = Annotated[str, StringConstraints(pattern=r"^[1-9A-HJ-NP-Za-km-z]{40,
 SeedStr = Annotated[str, StringConstraints(pattern=r"^(0|[1-9][0-9]{0,19})$"), AfterValidator(_below_2_64)]
 #: Prompts and negative prompts.
 PromptStr = Annotated[str, StringConstraints(max_length=4000)]
+
+
+def first_problem(exc, default_place: str) -> str:
+    """``"<field path>: <message>"`` for the first error of a pydantic ``ValidationError``:
+    one line for a user or a log, whatever the schema."""
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or default_place
+    return f"{where}: {first['msg']}"

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from .dsse import Envelope, sign_envelope
 from .errors import RemoteError, UsageError, VerificationError
-from .fields import Hex128, PeerIdStr, PromptStr, SeedStr
+from .fields import Hex128, PeerIdStr, PromptStr, SeedStr, first_problem
 from .identity import Identity
 from .strict_json import StrictJSONError, loads_strict
 
@@ -94,9 +94,7 @@ def new_job_request(
     try:
         return _new_job_request(node, model, prompt, now, negative_prompt, seed, steps, guidance, width, height, lifetime_s)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "job"
-        raise UsageError(f"invalid {where}: {first['msg']}") from exc
+        raise UsageError(f"invalid {first_problem(exc, 'job')}") from exc
 
 
 def _new_job_request(node, model, prompt, now, negative_prompt, seed, steps, guidance, width, height, lifetime_s):
@@ -139,9 +137,7 @@ def parse_job_payload(payload: bytes) -> JobRequest:
     try:
         return JobRequest.model_validate(obj)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "job"
-        raise RemoteError(f"invalid job field {where}: {first['msg']}") from exc
+        raise RemoteError(f"invalid job field {first_problem(exc, 'job')}") from exc
 
 
 def check_fresh(request: JobRequest, now: float, max_lifetime_s: int = MAX_JOB_LIFETIME_S) -> None:

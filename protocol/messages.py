@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapte
 
 from .dsse import Envelope
 from .errors import FrameError
+from .fields import first_problem
 
 JOB_PROTOCOL = "/pointillist/job/1.0.0"
 
@@ -118,9 +119,7 @@ def _parse(adapter: TypeAdapter, obj: dict[str, Any]):
     try:
         return adapter.validate_python(obj)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "message"
-        raise FrameError(f"invalid message at {where}: {first['msg']}") from exc
+        raise FrameError(f"invalid message at {first_problem(exc, 'message')}") from exc
 
 
 def to_wire(message: _Strict) -> dict[str, Any]:
