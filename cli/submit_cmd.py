@@ -80,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _submit(identity, peer, bootstrap, make_request, model, quiet, timeout):
+    import trio
+
     from ..node.network import open_network
     from ..node.p2p import DEFAULT_LISTEN, running_host
     from ..node.backoff import PeerBackoff
@@ -104,6 +106,13 @@ async def _submit(identity, peer, bootstrap, make_request, model, quiet, timeout
             candidates = await find_candidates(net, bootstrap, model, probe.steps, probe.width, probe.height,
                                                avoid=avoided)
             live = net.directory.live(net.clock())
+            for _ in range(3):  # nobody known serves it yet: listen to gossip a little before giving up
+                if candidates or any(r.serves(model) for r in live):
+                    break
+                await trio.sleep(2)
+                live = net.directory.live(net.clock())
+                candidates = rank_nodes(live, model, probe.steps, probe.width, probe.height,
+                                        exclude={identity.peer_id})
             if not candidates and not any(r.serves(model) for r in live):
                 raise PointillistError(
                     f"no live node serves {model!r} (known nodes: {len(live)}; see `pointillist peers`)"

@@ -15,7 +15,7 @@ from pointillist.protocol.identity import Identity
 from support import NodeHandle, run_cli
 
 pytestmark = pytest.mark.integration
-TTL = 5  # short record lifetime and heartbeat so expiry is observable in a test
+TTL = 10  # short record lifetime and heartbeat so expiry is observable in a test
 FAST = ["--heartbeat", "1", "--record-ttl", str(TTL)]
 
 
