@@ -298,13 +298,7 @@ class JobService:
             model_digest=model.digest,
             pipeline=generated.pipeline,
             scheduler=generated.scheduler,
-            prompt=r.prompt,
-            negative_prompt=r.negative_prompt,
-            seed=r.seed_int(),
-            steps=r.steps,
-            guidance=r.guidance,
-            width=r.width,
-            height=r.height,
+            **r.generation_settings(),
             dtype=generated.dtype,
             device=generated.device,
             torch_threads=generated.torch_threads,
@@ -334,16 +328,7 @@ class JobService:
 def _default_params(job: SignedJob) -> Any:
     from .pipeline import GenerationParams  # the generation path: torch is imported here
 
-    r = job.request
-    return GenerationParams(
-        prompt=r.prompt,
-        negative_prompt=r.negative_prompt,
-        seed=r.seed_int(),
-        steps=r.steps,
-        guidance=r.guidance,
-        width=r.width,
-        height=r.height,
-    )
+    return GenerationParams(**job.request.generation_settings())
 
 
 async def _send_error(stream: Any, exc: JobRejected) -> None:

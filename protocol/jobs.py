@@ -54,6 +54,12 @@ class JobRequest(BaseModel):
     width: int = Field(ge=8, le=8192)
     height: int = Field(ge=8, le=8192)
 
+    def generation_settings(self) -> dict:
+        """The seven settings that decide the image, under the names the pipeline runner and
+        the attestation record both use."""
+        return dict(prompt=self.prompt, negative_prompt=self.negative_prompt, seed=self.seed_int(),
+                    steps=self.steps, guidance=self.guidance, width=self.width, height=self.height)
+
     def seed_int(self) -> int:
         return int(self.seed)
 
