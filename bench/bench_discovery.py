@@ -25,8 +25,8 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from support import NodeHandle  # noqa: E402
 
-from pointillist.node.network import open_network  # noqa: E402
-from pointillist.node.p2p import parse_peer_addr  # noqa: E402
+from pointillist.network.overlay import open_network  # noqa: E402
+from pointillist.network.host import parse_peer_addr  # noqa: E402
 from pointillist.protocol.identity import Identity  # noqa: E402
 
 import logging  # noqa: E402

@@ -85,8 +85,8 @@ async def measure(args, node: dict, echo: dict, generate):
     # The three measurements are interleaved run by run, so that load from elsewhere on a
     # shared machine falls on all of them alike.
     from pointillist.attestation.verify import verify_image
-    from pointillist.node.client import run_job
-    from pointillist.node.p2p import connect, parse_peer_addr, running_host
+    from pointillist.requester.transport import run_job
+    from pointillist.network.host import connect, parse_peer_addr, running_host
     from pointillist.protocol import framing
     from pointillist.protocol.identity import Identity
     from pointillist.protocol.jobs import new_job_request, sign_job
@@ -133,7 +133,7 @@ async def measure(args, node: dict, echo: dict, generate):
 
 
 async def echo_server(ready: Path) -> None:
-    from pointillist.node.p2p import full_addrs, running_host
+    from pointillist.network.host import full_addrs, running_host
     from pointillist.protocol import framing
     from pointillist.protocol.identity import Identity
 

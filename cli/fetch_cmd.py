@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
     import trio
 
     from ..attestation.verify import verify_image
-    from ..node.p2p import parse_peer_addr
+    from ..network.host import parse_peer_addr
     from ..protocol.errors import UsageError, VerificationError
     from ..protocol.fetch import sign_fetch
     from ..protocol.keyfile import default_key_path, load_identity
@@ -50,8 +50,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _fetch(identity, peer, envelope, job_id: str) -> bytes:
-    from ..node.client import fetch_result
-    from ..node.p2p import running_host
+    from ..requester.transport import fetch_result
+    from ..network.host import running_host
 
     async with running_host(identity) as host:
         return await fetch_result(host, peer, envelope, job_id)

@@ -36,7 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import trio
 
-    from ..node.p2p import DEFAULT_LISTEN, parse_listen_addr, parse_peer_addr
+    from ..network.host import DEFAULT_LISTEN, parse_listen_addr, parse_peer_addr
     from ..node.runner import NodeConfig, load_node, serve
     from ..node.policy import load_policy
     from ..protocol.errors import UsageError

@@ -21,7 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import trio
 
-    from ..node.p2p import parse_peer_addr
+    from ..network.host import parse_peer_addr
     from ..protocol.errors import UsageError
     from .config import load_config
 
@@ -44,8 +44,8 @@ async def _collect(bootstrap: list[str], wait: float, key: str | None) -> list[d
 
     import trio
 
-    from ..node.network import open_network
-    from ..node.p2p import DEFAULT_LISTEN
+    from ..network.overlay import open_network
+    from ..network.host import DEFAULT_LISTEN
     from ..protocol.errors import TransportError
     from ..protocol.identity import Identity
     from ..protocol.keyfile import load_identity

@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
 
     import trio
 
-    from ..node.p2p import parse_peer_addr
+    from ..network.host import parse_peer_addr
     from ..protocol.errors import UsageError
     from ..protocol.jobs import new_job_request
     from ..protocol.keyfile import default_key_path, load_or_create_identity
@@ -82,11 +82,11 @@ def run(args: argparse.Namespace) -> int:
 async def _submit(identity, peer, bootstrap, make_request, model, quiet, timeout):
     import trio
 
-    from ..node.network import open_network
-    from ..node.p2p import DEFAULT_LISTEN, running_host
-    from ..node.backoff import PeerBackoff
-    from ..node.requester import find_candidates, run_and_verify, submit_to_best
-    from ..node.selection import rank_nodes
+    from ..network.overlay import open_network
+    from ..network.host import DEFAULT_LISTEN, running_host
+    from ..requester.backoff import PeerBackoff
+    from ..requester.failover import find_candidates, run_and_verify, submit_to_best
+    from ..requester.ranking import rank_nodes
     from ..protocol.errors import PointillistError
     from ..protocol.keyfile import data_dir
 

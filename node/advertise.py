@@ -101,6 +101,6 @@ class Advertiser:
             log.warning("could not publish capacity record", exc_info=True)
 
     def _addrs(self) -> list[str]:
-        from .p2p import full_addrs
+        from ..network.host import full_addrs
 
         return full_addrs(self.network.host)[:16]

@@ -23,8 +23,8 @@ from .advertise import Advertiser
 from .policy import Policy
 from .replay import ReplayCache, load_replay_cache, save_replay_cache
 from .results import ResultStore
-from .network import open_network
-from .p2p import DEFAULT_LISTEN, full_addrs
+from ..network.overlay import open_network
+from ..network.host import DEFAULT_LISTEN, full_addrs
 from .service import JobService, ServedModels
 
 log = logging.getLogger("pointillist.node")

@@ -107,7 +107,7 @@ def load_vector_generator():
     return sys.modules[name]
 
 
-from pointillist.node.p2p import parse_peer_addr, running_host  # noqa: E402
+from pointillist.network.host import parse_peer_addr, running_host  # noqa: E402
 from pointillist.protocol import framing  # noqa: E402
 from pointillist.protocol.dsse import Envelope  # noqa: E402
 from pointillist.protocol.identity import Identity  # noqa: E402

@@ -5,8 +5,8 @@ from __future__ import annotations
 import msgpack
 import pytest
 
-from pointillist.node.directory import PeerDirectory
-from pointillist.node.selection import rank_nodes
+from pointillist.network.directory import PeerDirectory
+from pointillist.requester.ranking import rank_nodes
 from pointillist.protocol.capacity import (
     CAPACITY_PAYLOAD_TYPE,
     MAX_RECORD_BYTES,

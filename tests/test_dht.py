@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import trio
 
-from pointillist.node.network import open_network
-from pointillist.node.p2p import full_addrs
+from pointillist.network.overlay import open_network
+from pointillist.network.host import full_addrs
 from pointillist.protocol.identity import Identity
 
 DIGEST = "6284f5af008435e404a39621e5afb8bb679b2458f583be73770a000e45eed048"

@@ -8,8 +8,8 @@ import time
 import pytest
 import trio
 
-from pointillist.node.network import CAPACITY_TOPIC, open_network
-from pointillist.node.p2p import parse_peer_addr
+from pointillist.network.overlay import CAPACITY_TOPIC, open_network
+from pointillist.network.host import parse_peer_addr
 from pointillist.protocol.capacity import CapacityRecord, decode_record, encode_record
 from pointillist.protocol.identity import Identity
 from support import NodeHandle, run_cli

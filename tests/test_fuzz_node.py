@@ -14,8 +14,8 @@ import msgpack
 import pytest
 import trio
 
-from pointillist.node.network import CAPACITY_TOPIC, RECORDS_PROTOCOL, open_network
-from pointillist.node.p2p import parse_peer_addr
+from pointillist.network.overlay import CAPACITY_TOPIC, RECORDS_PROTOCOL, open_network
+from pointillist.network.host import parse_peer_addr
 from pointillist.protocol import framing
 from pointillist.protocol.identity import Identity
 from pointillist.protocol.jobs import new_job_request, sign_job

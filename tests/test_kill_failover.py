@@ -11,9 +11,9 @@ import time
 import pytest
 import trio
 
-from pointillist.node.network import open_network
-from pointillist.node.requester import find_candidates, submit_to_best
-from pointillist.node.selection import rank_nodes
+from pointillist.network.overlay import open_network
+from pointillist.requester.failover import find_candidates, submit_to_best
+from pointillist.requester.ranking import rank_nodes
 from pointillist.protocol.identity import Identity
 from pointillist.protocol.jobs import new_job_request
 from support import REPO, NodeHandle

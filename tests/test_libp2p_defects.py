@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import trio
 
-from pointillist.node.p2p import full_addrs, parse_peer_addr, running_host
+from pointillist.network.host import full_addrs, parse_peer_addr, running_host
 from pointillist.protocol import framing
 from pointillist.protocol.identity import Identity
 
@@ -57,7 +57,7 @@ async def test_errors_inside_the_network_block_are_not_swallowed():
     # Cancelled, which the nursery then absorbed: errors vanished into a normal return.
     import pytest
 
-    from pointillist.node.network import open_network
+    from pointillist.network.overlay import open_network
 
     with pytest.raises(BaseException) as caught:
         async with open_network(Identity.generate(), ["/ip4/127.0.0.1/tcp/0"]) as net:

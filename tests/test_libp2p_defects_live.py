@@ -11,8 +11,8 @@ import signal
 import pytest
 import trio
 
-from pointillist.node.network import CAPACITY_TOPIC, open_network
-from pointillist.node.p2p import parse_peer_addr, running_host
+from pointillist.network.overlay import CAPACITY_TOPIC, open_network
+from pointillist.network.host import parse_peer_addr, running_host
 from pointillist.protocol import framing
 from pointillist.protocol.identity import Identity
 from pointillist.protocol.messages import JOB_PROTOCOL

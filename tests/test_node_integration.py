@@ -8,7 +8,7 @@ import time
 import pytest
 import trio
 
-from pointillist.node.p2p import parse_peer_addr, running_host
+from pointillist.network.host import parse_peer_addr, running_host
 from pointillist.protocol import framing
 from pointillist.protocol.dsse import Envelope, sign_envelope
 from pointillist.protocol.identity import Identity

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pointillist.node.backoff import PeerBackoff
+from pointillist.requester.backoff import PeerBackoff
 from pointillist.node.policy import RateLimiter, load_policy
 from pointillist.node.replay import ReplayCache, load_replay_cache, save_replay_cache
 from pointillist.node.results import ResultStore

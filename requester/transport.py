@@ -28,7 +28,7 @@ from ..protocol.messages import (
     parse_reply,
     to_wire,
 )
-from .p2p import connect
+from ..network.host import connect
 
 #: Longest silence tolerated between two messages from a node (queueing included).
 IDLE_TIMEOUT_S = 120.0

@@ -17,9 +17,9 @@ from libp2p.peer.peerinfo import PeerInfo
 from ..protocol.errors import JobRejected, PointillistError, RemoteError, TransportError, UsageError, VerificationError
 from ..protocol.identity import Identity
 from ..protocol.jobs import JobRequest, sign_job
-from .client import run_job
-from .p2p import connect, parse_peer_addr
-from .selection import Candidate, rank_nodes
+from .transport import run_job
+from ..network.host import connect, parse_peer_addr
+from .ranking import Candidate, rank_nodes
 
 log = logging.getLogger("pointillist.requester")
 
@@ -181,7 +181,7 @@ def _fail(peer_id: str, failed: set[str], backoff, net) -> None:
 
 
 def _peer_info(record) -> PeerInfo:
-    from .network import _own_address
+    from ..network.overlay import _own_address
 
     peer = _own_address(record)
     if peer is None:

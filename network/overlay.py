@@ -36,7 +36,7 @@ from ..protocol.capacity import CapacityRecord, decode_record
 from ..protocol.errors import FrameError, RemoteError, TransportError, UsageError, find_ours
 from ..protocol.identity import Identity
 from .directory import PeerDirectory
-from .p2p import build_host, connect, disconnect_all, parse_listen_addr, parse_peer_addr
+from .host import build_host, connect, disconnect_all, parse_listen_addr, parse_peer_addr
 
 log = logging.getLogger("pointillist.network")
 

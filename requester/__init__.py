@@ -1,0 +1,1 @@
+"""The requester's side: find nodes, sign jobs, follow them, fail over, verify, fetch."""
