@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..protocol.errors import JobRejected
+from ..protocol.errors import ErrorCode, JobRejected
 from ..protocol.jobs import JobRequest
 
 
@@ -21,7 +21,7 @@ class NodeLimits:
     queue_size: int = 8  # jobs waiting behind the running one; more get "busy"
 
     def check(self, job: JobRequest) -> None:
-        """Raise ``JobRejected("invalid-params")`` naming the first limit the job exceeds."""
+        """Raise ``JobRejected(ErrorCode.INVALID_PARAMS)`` naming the first limit the job exceeds."""
         problems = []
         if job.steps > self.max_steps:
             problems.append(f"steps {job.steps} > {self.max_steps}")
@@ -37,4 +37,4 @@ class NodeLimits:
         if not self.min_guidance <= job.guidance <= self.max_guidance:
             problems.append(f"guidance {job.guidance} outside {self.min_guidance}..{self.max_guidance}")
         if problems:
-            raise JobRejected("invalid-params", "; ".join(problems))
+            raise JobRejected(ErrorCode.INVALID_PARAMS, "; ".join(problems))

@@ -30,7 +30,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from ..protocol.errors import JobRejected, UsageError
+from ..protocol.errors import ErrorCode, JobRejected, UsageError
 from .limits import NodeLimits
 
 
@@ -43,7 +43,7 @@ class RequesterPolicy:
 
     def check_identity(self, requester: str) -> None:
         if requester in self.deny or (self.allow and requester not in self.allow):
-            raise JobRejected("forbidden", f"requester {requester} may not submit jobs to this node")
+            raise JobRejected(ErrorCode.FORBIDDEN, f"requester {requester} may not submit jobs to this node")
 
 
 @dataclass(frozen=True)
@@ -122,7 +122,7 @@ class RateLimiter:
         if tokens < 1.0:
             self._buckets[key] = (tokens, now)
             wait = (1.0 - tokens) / self.rate if self.rate > 0 else float("inf")
-            raise JobRejected("rate-limited", f"too many jobs from {key}; retry in {wait:.0f} s")
+            raise JobRejected(ErrorCode.RATE_LIMITED, f"too many jobs from {key}; retry in {wait:.0f} s")
         self._buckets[key] = (tokens - 1.0, now)
         while len(self._buckets) > self.max_keys:
             self._buckets.popitem(last=False)

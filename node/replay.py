@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import heapq
 
-from ..protocol.errors import JobRejected
+from ..protocol.errors import ErrorCode, JobRejected
 
 
 class ReplayCache:
@@ -25,19 +25,19 @@ class ReplayCache:
         return len(self._expiry_by_key)
 
     def check_unseen(self, job_id: str, nonce: str, now: float) -> None:
-        """Raise ``JobRejected("replayed")`` if the job id or nonce was seen; remember nothing."""
+        """Raise ``JobRejected(ErrorCode.REPLAYED)`` if the job id or nonce was seen; remember nothing."""
         self._prune(now)
         if f"id:{job_id}" in self._expiry_by_key or f"nonce:{nonce}" in self._expiry_by_key:
-            raise JobRejected("replayed", f"job {job_id} was already accepted by this node")
+            raise JobRejected(ErrorCode.REPLAYED, f"job {job_id} was already accepted by this node")
 
     def check_and_remember(self, job_id: str, nonce: str, expires_at: int, now: float) -> None:
-        """Raise ``JobRejected("replayed")`` if the job id or nonce was seen; otherwise remember both."""
+        """Raise ``JobRejected(ErrorCode.REPLAYED)`` if the job id or nonce was seen; otherwise remember both."""
         self._prune(now)
         keys = (f"id:{job_id}", f"nonce:{nonce}")
         if any(k in self._expiry_by_key for k in keys):
-            raise JobRejected("replayed", f"job {job_id} was already accepted by this node")
+            raise JobRejected(ErrorCode.REPLAYED, f"job {job_id} was already accepted by this node")
         if len(self._expiry_by_key) + len(keys) > self.max_entries:
-            raise JobRejected("busy", "replay cache is full; try again later")
+            raise JobRejected(ErrorCode.BUSY, "replay cache is full; try again later")
         for k in keys:
             self._expiry_by_key[k] = expires_at
             heapq.heappush(self._heap, (expires_at, k))

@@ -25,7 +25,7 @@ from ..attestation.png import embed_provenance
 from ..attestation.sign import attest
 from ..attestation.statement import GenerationRecord, rfc3339_utc
 from ..protocol import framing
-from ..protocol.errors import FrameError, JobRejected, RemoteError, TransportError, VerificationError
+from ..protocol.errors import ErrorCode, FrameError, FrameTooLarge, JobRejected, RemoteError, TransportError, VerificationError
 from ..protocol.identity import Identity
 from ..protocol.fetch import FETCH_LIFETIME_S, open_fetch
 from ..protocol.jobs import SignedJob, check_fresh, open_job
@@ -79,7 +79,7 @@ class ServedModels:
             if ref in (m.name, m.digest):
                 return m
         served = ", ".join(f"{m.name} ({m.digest[:12]})" for m in self._models)
-        raise JobRejected("unknown-model", f"model {ref[:80]!r} is not served here; served: {served}")
+        raise JobRejected(ErrorCode.UNKNOWN_MODEL, f"model {ref[:80]!r} is not served here; served: {served}")
 
 
 @dataclass
@@ -144,7 +144,7 @@ class JobService:
             raise
         except Exception:  # a bug of ours must not take the node down either
             log.exception("peer %s: internal error while serving a job", peer)
-            await _send_error(stream, JobRejected("internal", "internal error on the node"))
+            await _send_error(stream, JobRejected(ErrorCode.INTERNAL, "internal error on the node"))
         finally:
             await _close(stream)
 
@@ -153,9 +153,9 @@ class JobService:
             with trio.fail_after(READ_REQUEST_TIMEOUT_S):
                 frame = await framing.read_frame(stream, framing.MAX_REQUEST_FRAME)
         except trio.TooSlowError:
-            return await self._reject(stream, peer, JobRejected("timeout", "no complete request frame in time"))
+            return await self._reject(stream, peer, JobRejected(ErrorCode.TIMEOUT, "no complete request frame in time"))
         except FrameError as exc:
-            code = "frame-too-large" if "exceeds" in str(exc) else "bad-frame"
+            code = ErrorCode.FRAME_TOO_LARGE if isinstance(exc, FrameTooLarge) else ErrorCode.BAD_FRAME
             return await self._reject(stream, peer, JobRejected(code, str(exc)))
         try:
             message = parse_request(frame)
@@ -165,7 +165,7 @@ class JobService:
         except JobRejected as exc:
             return await self._reject(stream, peer, exc)
         except FrameError as exc:
-            return await self._reject(stream, peer, JobRejected("bad-frame", str(exc)))
+            return await self._reject(stream, peer, JobRejected(ErrorCode.BAD_FRAME, str(exc)))
 
         request = job.request
         model = self.models.find(request.model)  # already checked in _admit
@@ -196,16 +196,16 @@ class JobService:
         try:
             request, requester = open_fetch(message.envelope.to_envelope())
         except (VerificationError, RemoteError) as exc:
-            raise JobRejected("bad-signature", str(exc)) from exc
+            raise JobRejected(ErrorCode.BAD_SIGNATURE, str(exc)) from exc
         try:
             check_fresh(request, self.clock(), FETCH_LIFETIME_S)
         except VerificationError as exc:
-            raise JobRejected("expired", f"fetch request: {exc}") from exc
+            raise JobRejected(ErrorCode.EXPIRED, f"fetch request: {exc}") from exc
         if request.node != self.identity.peer_id:
-            raise JobRejected("wrong-node", f"fetch is addressed to {request.node}")
+            raise JobRejected(ErrorCode.WRONG_NODE, f"fetch is addressed to {request.node}")
         stored = self.results.get(request.job_id) if self.results is not None else None
         if stored is None or stored.requester != requester:  # never tell others what exists
-            raise JobRejected("not-found", f"no stored result for job {request.job_id} of this requester")
+            raise JobRejected(ErrorCode.NOT_FOUND, f"no stored result for job {request.job_id} of this requester")
         await self._write(stream, ResultMessage(t="result", jobId=stored.job_id, png=stored.png))
 
     def _admit(self, envelope: Any) -> SignedJob:
@@ -213,24 +213,24 @@ class JobService:
         try:
             job = open_job(envelope)
         except VerificationError as exc:
-            raise JobRejected("bad-signature", str(exc)) from exc
+            raise JobRejected(ErrorCode.BAD_SIGNATURE, str(exc)) from exc
         except RemoteError as exc:
-            raise JobRejected("bad-frame", str(exc)) from exc
+            raise JobRejected(ErrorCode.BAD_FRAME, str(exc)) from exc
         request = job.request
         now = self.clock()
         try:
             check_fresh(request, now)
         except VerificationError as exc:
-            raise JobRejected("expired", str(exc)) from exc
+            raise JobRejected(ErrorCode.EXPIRED, str(exc)) from exc
         if request.node != self.identity.peer_id:
-            raise JobRejected("wrong-node", f"job is addressed to {request.node}, this is {self.identity.peer_id}")
+            raise JobRejected(ErrorCode.WRONG_NODE, f"job is addressed to {request.node}, this is {self.identity.peer_id}")
         self.policy.requesters.check_identity(job.requester)
         self.models.find(request.model)
         self.limits.check(request)
         if self.shutting_down:
-            raise JobRejected("busy", "node is shutting down")
+            raise JobRejected(ErrorCode.BUSY, "node is shutting down")
         if self._waiting > self.limits.queue_size:
-            raise JobRejected("busy", f"queue full ({self.limits.queue_size} waiting)")
+            raise JobRejected(ErrorCode.BUSY, f"queue full ({self.limits.queue_size} waiting)")
         # A replay must not cost the real requester a token: anyone holding the image holds the
         # signed job. Remembered last, so a job refused for load may be retried as it is.
         self.replay.check_unseen(request.job_id, request.nonce, now)
@@ -278,13 +278,13 @@ class JobService:
             try:
                 await trio.to_thread.run_sync(work)
             except GenerationCancelled as exc:
-                failure = JobRejected("busy", f"node is shutting down ({exc})")
+                failure = JobRejected(ErrorCode.BUSY, f"node is shutting down ({exc})")
             except JobRejected as exc:
                 failure = exc
             except Exception as exc:
                 self.stats.failed += 1
                 log.exception("job %s failed in the pipeline", job.request.job_id)
-                failure = JobRejected("internal", f"generation failed: {type(exc).__name__}: {exc}"[:300])
+                failure = JobRejected(ErrorCode.INTERNAL, f"generation failed: {type(exc).__name__}: {exc}"[:300])
             finally:
                 await send.aclose()
         if failure is not None:

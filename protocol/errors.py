@@ -5,7 +5,8 @@
     ├── ModelError              a model could not be found, hashed or loaded
     ├── RemoteError             a peer sent something we cannot accept
     │   └── FrameError          framing or encoding is broken
-    ├── JobRejected             a node refused a job and said why (``code``)
+    │       └── FrameTooLarge   a frame longer than the receiver's limit
+    ├── JobRejected             a node refused a job and said why (``code``, an ``ErrorCode``)
     ├── TransportError          the network failed: unreachable, reset, timed out
     └── VerificationError       a signature, digest or binding does not hold
         └── SignatureError      specifically, a signature is invalid
@@ -16,6 +17,8 @@ Errors of libraries underneath (libp2p, msgpack, torch) are mapped at the bounda
 """
 
 from __future__ import annotations
+
+import enum
 
 
 class PointillistError(Exception):
@@ -44,10 +47,61 @@ class FrameError(RemoteError):
     pass
 
 
-class JobRejected(PointillistError):
-    """A node answered with an error message; ``code`` is machine-readable."""
+class FrameTooLarge(FrameError):
+    """A frame's announced length is above the receiver's limit."""
 
-    def __init__(self, code: str, message: str) -> None:
+
+class Retry(enum.Enum):
+    """What a requester does after a node answered with an error code (docs/protocol.md)."""
+
+    LATER = "later"  # the node is loaded, not at fault: try others now, this one again later
+    ELSEWHERE = "elsewhere"  # this node will not run this job: try another, no penalty
+    ELSEWHERE_AND_AVOID = "elsewhere-and-avoid"  # the node failed: try another, back off from it
+
+
+class ErrorCode(enum.StrEnum):
+    """The error codes of the job protocol, as they travel (``{t:"error", code, message}``).
+
+    A ``StrEnum`` so that it is its wire string; a code a peer sends that is not listed here
+    makes the whole message invalid (``bad-frame`` on our side), never an unknown member.
+    """
+
+    BAD_FRAME = "bad-frame"  # not msgpack, not a map, unknown message type, schema violation
+    FRAME_TOO_LARGE = "frame-too-large"
+    BAD_SIGNATURE = "bad-signature"
+    EXPIRED = "expired"
+    REPLAYED = "replayed"
+    WRONG_NODE = "wrong-node"  # the job was signed for another node
+    UNKNOWN_MODEL = "unknown-model"
+    INVALID_PARAMS = "invalid-params"  # outside this node's limits
+    BUSY = "busy"  # queue full, shutting down, replay cache full
+    RATE_LIMITED = "rate-limited"  # this requester sent too many jobs to this node
+    FORBIDDEN = "forbidden"  # the operator's policy refuses this requester
+    NOT_FOUND = "not-found"  # fetch: no stored result for that job id (or not yours)
+    TIMEOUT = "timeout"  # the node gave up waiting for the request
+    INTERNAL = "internal"  # the node failed while running the job
+
+    @property
+    def retry(self) -> Retry:
+        return _RETRY.get(self, Retry.ELSEWHERE)
+
+
+#: The requester's rule, by code; codes not listed are ``Retry.ELSEWHERE``: refusals that depend
+#: on this node (its models, limits, policy, clock) or on a request another node would judge
+#: afresh. Tested in tests/test_error_codes.py against docs/protocol.md's table.
+_RETRY = {
+    ErrorCode.BUSY: Retry.LATER,
+    ErrorCode.RATE_LIMITED: Retry.LATER,
+    ErrorCode.INTERNAL: Retry.ELSEWHERE_AND_AVOID,
+    ErrorCode.TIMEOUT: Retry.ELSEWHERE_AND_AVOID,
+}
+
+
+class JobRejected(PointillistError):
+    """A node refused a job (or our node refuses one) with a typed ``code`` and a message."""
+
+    def __init__(self, code: ErrorCode | str, message: str) -> None:
+        code = ErrorCode(code)  # a string that is not a code is a bug of ours: ValueError
         super().__init__(f"node refused the job ({code}): {message}")
         self.code = code
         self.message = message

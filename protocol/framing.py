@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import msgpack
 
-from .errors import FrameError, TransportError
+from .errors import FrameError, FrameTooLarge, TransportError
 
 MAX_REQUEST_FRAME = 256 * 1024
 MAX_REPLY_FRAME = 64 * 1024 * 1024
@@ -34,7 +34,7 @@ class ByteStream(Protocol):
 def encode_frame(message: dict[str, Any], max_size: int = MAX_REPLY_FRAME) -> bytes:
     body = msgpack.packb(message, use_bin_type=True)
     if len(body) > max_size:
-        raise FrameError(f"message of {len(body)} bytes exceeds the {max_size}-byte frame limit")
+        raise FrameTooLarge(f"message of {len(body)} bytes exceeds the {max_size}-byte frame limit")
     return _HEADER.pack(len(body)) + body
 
 
@@ -61,7 +61,7 @@ def decode_body(body: bytes, max_size: int) -> dict[str, Any]:
 def parse_header(header: bytes, max_size: int) -> int:
     (length,) = _HEADER.unpack(header)
     if length > max_size:
-        raise FrameError(f"frame of {length} bytes exceeds the {max_size}-byte limit")
+        raise FrameTooLarge(f"frame of {length} bytes exceeds the {max_size}-byte limit")
     if length == 0:
         raise FrameError("empty frame")
     return length

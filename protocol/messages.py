@@ -20,28 +20,11 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
 
 from .dsse import Envelope
-from .errors import FrameError
+from .errors import ErrorCode, FrameError
 from .fields import first_problem
 
 JOB_PROTOCOL = "/pointillist/job/1.0.0"
 
-#: Error codes a node may send. Requesters treat "busy" and "internal" as retryable elsewhere.
-ERROR_CODES = (
-    "bad-frame",  # not msgpack, not a map, unknown message type, schema violation
-    "frame-too-large",
-    "bad-signature",
-    "expired",
-    "replayed",
-    "wrong-node",  # the job was signed for another node
-    "unknown-model",
-    "invalid-params",  # outside this node's limits
-    "busy",
-    "rate-limited",  # this requester sent too many jobs; try later or elsewhere
-    "forbidden",  # the operator's policy refuses this requester
-    "not-found",  # fetch: no stored result for that job id (or not yours)
-    "timeout",
-    "internal",
-)
 
 _Short = Annotated[str, StringConstraints(max_length=200)]
 
@@ -96,7 +79,7 @@ class ResultMessage(_Strict):
 
 class ErrorMessage(_Strict):
     t: Literal["error"]
-    code: _Short
+    code: Annotated[ErrorCode, Field(strict=False)]  # the wire carries its string
     message: Annotated[str, StringConstraints(max_length=2000)]
 
 
