@@ -80,15 +80,16 @@ def a1111_parameters(record: GenerationRecord) -> str:
     holding a comma, colon or newline are JSON-quoted, as A1111 does. "Model hash" is the first 10
     hex digits of the ``pointillist-model-v1`` digest, not A1111's own file hash.
     """
-    lines = [record.prompt]
-    if record.negative_prompt:
-        lines.append(f"Negative prompt: {record.negative_prompt}")
+    s = record.settings
+    lines = [s.prompt]
+    if s.negative_prompt:
+        lines.append(f"Negative prompt: {s.negative_prompt}")
     settings = (
-        ("Steps", str(record.steps)),
+        ("Steps", str(s.steps)),
         ("Sampler", record.scheduler),
-        ("CFG scale", _number(record.guidance)),
-        ("Seed", str(record.seed)),
-        ("Size", f"{record.width}x{record.height}"),
+        ("CFG scale", _number(s.guidance)),
+        ("Seed", str(s.seed)),
+        ("Size", f"{s.width}x{s.height}"),
         ("Model hash", record.model_digest[:10]),
         ("Model", record.model_name),
     )

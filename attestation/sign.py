@@ -21,10 +21,9 @@ def attest(identity: Identity, record: GenerationRecord, image: Image.Image) -> 
     """
     if record.node != identity.peer_id:
         raise UsageError(f"record names node {record.node}, but the signing key is {identity.peer_id}")
-    if (record.width, record.height) != image.size:
-        raise UsageError(
-            f"record size {record.width}x{record.height} differs from the image's {image.width}x{image.height}"
-        )
+    width, height = record.settings.width, record.settings.height
+    if (width, height) != image.size:
+        raise UsageError(f"record size {width}x{height} differs from the image's {image.width}x{image.height}")
     try:
         subject = pixel_subject(image)
     except VerificationError as exc:

@@ -19,11 +19,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from pointillist.protocol.errors import UsageError, VerificationError
-from pointillist.protocol.fields import Hex128, PeerIdStr, PromptStr, SeedStr, first_problem
-from pointillist.protocol.strict_json import StrictJSONError, loads_strict
+from pointillist.protocol.fields import Hex128, PeerIdStr, PromptStr, SeedStr, model_schema
+from pointillist.protocol.settings import GenerationSettings
+from pointillist.protocol.signed import parse_signed_json
 
 from .pixels import PixelSubject
 
@@ -51,7 +52,8 @@ CreatedAtStr = Annotated[str, StringConstraints(pattern=r"^[0-9]{4}-[0-9]{2}-[0-
 class GenerationRecord:
     """What a node states about one generation: the predicate, with Python names and types.
 
-    ``seed`` is an int here and a decimal string in JSON. ``model_digest`` is the 64-hex
+    ``settings`` are the seven settings of the job it ran (``prompt`` ... ``height`` in the
+    predicate; see ``GenerationSettings``). ``model_digest`` is the 64-hex
     ``pointillist-model-v1`` digest. ``created_at`` is RFC 3339 UTC to the second
     (``2026-11-22T10:00:00Z``; see ``rfc3339_utc``). ``libraries`` maps each of
     ``LIBRARY_NAMES`` to a version string; treat it as read-only.
@@ -61,13 +63,7 @@ class GenerationRecord:
     model_digest: str
     pipeline: str
     scheduler: str
-    prompt: str
-    negative_prompt: str
-    seed: int
-    steps: int
-    guidance: float
-    width: int
-    height: int
+    settings: GenerationSettings
     dtype: str
     device: str
     torch_threads: int
@@ -101,10 +97,13 @@ def build_statement(record: GenerationRecord, subject: PixelSubject) -> bytes:
     Raises ``UsageError`` if ``parse_statement`` would refuse the result (a field out of range,
     subject size different from the record's), so nothing unverifiable is ever signed.
     """
-    if not _is_int(record.seed):
-        raise UsageError(f"record seed must be an int, not {type(record.seed).__name__}")
-    if not (_is_int(record.guidance) or isinstance(record.guidance, float)):
-        raise UsageError(f"record guidance must be a float, not {type(record.guidance).__name__}")
+    settings = record.settings
+    if not isinstance(settings, GenerationSettings):
+        raise UsageError(f"record settings must be GenerationSettings, not {type(settings).__name__}")
+    if not _is_int(settings.seed):
+        raise UsageError(f"record seed must be an int, not {type(settings.seed).__name__}")
+    if not (_is_int(settings.guidance) or isinstance(settings.guidance, float)):
+        raise UsageError(f"record guidance must be a float, not {type(settings.guidance).__name__}")
     obj = _statement_dict(record, subject)
     try:
         payload = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
@@ -127,12 +126,12 @@ def parse_statement(payload: bytes) -> Statement:
     below 2**64, more or fewer than one subject, a subject size different from the predicate's.
     It checks no signature: nothing it returns is to be trusted before ``Envelope.verify`` passed.
     """
-    if len(payload) > MAX_STATEMENT_BYTES:
-        raise VerificationError(f"statement is larger than {MAX_STATEMENT_BYTES} bytes")
-    try:
-        obj = loads_strict(payload)
-    except StrictJSONError as exc:
-        raise VerificationError(f"statement: {exc}") from None
+    return parse_signed_json(payload, _statement_schema, what="statement", error=VerificationError,
+                             max_bytes=MAX_STATEMENT_BYTES)
+
+
+def _statement_schema(obj: Any) -> Statement:
+    # The types first, for a clearer message than the schema's for someone else's statement.
     if not isinstance(obj, dict):
         raise VerificationError("statement is not a JSON object")
     if obj.get("_type") != STATEMENT_TYPE:
@@ -143,11 +142,7 @@ def parse_statement(payload: bytes) -> Statement:
         )
     if not _all_strings_encodable(obj):
         raise VerificationError("statement contains a lone surrogate escape in a string")
-    try:
-        model = _StatementModel.model_validate(obj)
-    except ValidationError as exc:
-        raise VerificationError(f"invalid statement field {first_problem(exc, 'statement')}") from None
-    return _to_statement(model)
+    return _to_statement(_statement_model(obj))
 
 
 # --- JSON shape ----------------------------------------------------------------------------------
@@ -162,13 +157,7 @@ def _statement_dict(record: GenerationRecord, subject: PixelSubject) -> dict[str
             "model": {"name": record.model_name, "digest": {MODEL_DIGEST_ALGORITHM: record.model_digest}},
             "pipeline": record.pipeline,
             "scheduler": record.scheduler,
-            "prompt": record.prompt,
-            "negativePrompt": record.negative_prompt,
-            "seed": str(record.seed),
-            "steps": record.steps,
-            "guidance": float(record.guidance),
-            "width": record.width,
-            "height": record.height,
+            **record.settings.to_json_dict(),
             "dtype": record.dtype,
             "device": record.device,
             "torchThreads": record.torch_threads,
@@ -251,6 +240,9 @@ class _StatementModel(_Strict):
     predicate: _Predicate
 
 
+_statement_model = model_schema(_StatementModel, "statement")
+
+
 def _to_statement(model: _StatementModel) -> Statement:
     p = model.predicate
     subject_model = model.subject[0]
@@ -266,13 +258,8 @@ def _to_statement(model: _StatementModel) -> Statement:
         model_digest=p.model.digest.pointillist_model_v1,
         pipeline=p.pipeline,
         scheduler=p.scheduler,
-        prompt=p.prompt,
-        negative_prompt=p.negative_prompt,
-        seed=int(p.seed),
-        steps=p.steps,
-        guidance=p.guidance,
-        width=p.width,
-        height=p.height,
+        settings=GenerationSettings(prompt=p.prompt, negative_prompt=p.negative_prompt, seed=int(p.seed),
+                                    steps=p.steps, guidance=p.guidance, width=p.width, height=p.height),
         dtype=p.dtype,
         device=p.device,
         torch_threads=p.torch_threads,

@@ -227,16 +227,8 @@ def _job_check(job_text: str | None, record: GenerationRecord, signer: str) -> t
         differ.append("node")
     if job.model not in (record.model_name, record.model_digest, f"{MODEL_DIGEST_ALGORITHM}:{record.model_digest}"):
         differ.append("model")
-    pairs = (
-        ("prompt", job.prompt, record.prompt),
-        ("negativePrompt", job.negative_prompt, record.negative_prompt),
-        ("seed", job.seed_int(), record.seed),
-        ("steps", job.steps, record.steps),
-        ("guidance", job.guidance, record.guidance),
-        ("width", job.width, record.width),
-        ("height", job.height, record.height),
-    )
-    differ.extend(name for name, asked, stated in pairs if asked != stated)
+    if job.settings != record.settings:  # as a whole: a setting added later is compared too
+        differ.extend(job.settings.differing(record.settings))
     if differ:
         detail = f"the job signed by {signed.requester} differs from the attestation in {', '.join(differ)}"
         return _check("job binding", False, detail), None

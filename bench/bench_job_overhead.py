@@ -72,12 +72,13 @@ def direct_generator(args):
     """A zero-argument callable running the job's pipeline call in this process."""
     import torch
 
-    from pointillist.node.pipeline import GenerationParams, embedded_model_path, load_model
+    from pointillist.node.pipeline import embedded_model_path, load_model
+    from pointillist.protocol.settings import GenerationSettings
 
     torch.set_num_threads(args.threads)
     model = load_model(args.model or embedded_model_path())
-    params = GenerationParams(prompt="a lighthouse", negative_prompt="", seed=1, steps=args.steps,
-                              guidance=7.5, width=args.size, height=args.size)
+    params = GenerationSettings(prompt="a lighthouse", negative_prompt="", seed=1, steps=args.steps,
+                                guidance=7.5, width=args.size, height=args.size)
     return lambda: model.generate(params)
 
 

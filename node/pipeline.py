@@ -42,13 +42,14 @@ from transformers.utils import logging as _transformers_logging  # noqa: E402
 
 from pointillist.node.model_digest import model_digest  # noqa: E402
 from pointillist.protocol.errors import ModelError, UsageError, one_line  # noqa: E402
+from pointillist.protocol.settings import GenerationSettings  # noqa: E402
 
 if TYPE_CHECKING:
     import PIL.Image
 
 __all__ = [
-    "GenerationParams",
     "GenerationResult",
+    "GenerationSettings",
     "LoadedModel",
     "SINGLE_FILE_SUFFIXES",
     "embedded_model_path",
@@ -83,17 +84,6 @@ _quiet_libraries()
 
 
 @dataclass(frozen=True)
-class GenerationParams:
-    prompt: str
-    negative_prompt: str
-    seed: int
-    steps: int
-    guidance: float
-    width: int
-    height: int
-
-
-@dataclass(frozen=True)
 class GenerationResult:
     image: PIL.Image.Image  # mode RGB
     pipeline: str  # pipeline class name, e.g. "StableDiffusionPipeline"
@@ -112,7 +102,11 @@ def library_versions() -> dict[str, str]:
     }
 
 
-def _validate(params: GenerationParams) -> None:
+def _validate(params: GenerationSettings) -> None:
+    # The job schema has checked a job's settings already; this guards direct callers (tests,
+    # benchmarks, the self-benchmark) before any GPU time is spent.
+    if not isinstance(params, GenerationSettings):
+        raise UsageError(f"generate takes GenerationSettings, not {type(params).__name__}")
     for field in ("width", "height"):
         value = getattr(params, field)
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % 8:
@@ -160,7 +154,7 @@ class LoadedModel:
         )
 
     def generate(
-        self, params: GenerationParams, on_step: Callable[[int, int], None] | None = None
+        self, params: GenerationSettings, on_step: Callable[[int, int], None] | None = None
     ) -> GenerationResult:
         """Make one image. Raises UsageError for bad parameters (before any work).
 

@@ -62,7 +62,8 @@ class LoadedNode:
 def load_node(config: NodeConfig) -> LoadedNode:
     """Load models and measure this machine (imports torch)."""
     from .device_info import describe_device, measure_speed
-    from .pipeline import GenerationParams, embedded_model_path, load_model
+    from ..protocol.settings import GenerationSettings
+    from .pipeline import embedded_model_path, load_model
 
     _leave_a_core_for_the_network(config.device)
     paths = config.model_paths or [embedded_model_path()]
@@ -71,7 +72,7 @@ def load_node(config: NodeConfig) -> LoadedNode:
     return LoadedNode(
         models=ServedModels(loaded),
         device=describe_device(str(first.device)),
-        speed=measure_speed(first, GenerationParams),
+        speed=measure_speed(first, GenerationSettings),
         pipelines={m.digest: type(m.pipe).__name__ for m in loaded},
     )
 

@@ -298,7 +298,7 @@ class JobService:
             model_digest=model.digest,
             pipeline=generated.pipeline,
             scheduler=generated.scheduler,
-            **r.generation_settings(),
+            settings=r.settings,
             dtype=generated.dtype,
             device=generated.device,
             torch_threads=generated.torch_threads,
@@ -326,9 +326,7 @@ class JobService:
 
 
 def _default_params(job: SignedJob) -> Any:
-    from .pipeline import GenerationParams  # the generation path: torch is imported here
-
-    return GenerationParams(**job.request.generation_settings())
+    return job.request.settings  # what LoadedModel.generate takes
 
 
 async def _send_error(stream: Any, exc: JobRejected) -> None:

@@ -13,13 +13,13 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import msgpack
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from .dsse import Envelope, sign_envelope
-from .errors import RemoteError, VerificationError
-from .fields import PeerIdStr, first_problem
+from .errors import RemoteError
+from .fields import PeerIdStr, model_schema
 from .identity import Identity
-from .strict_json import StrictJSONError, loads_strict
+from .signed import open_signed
 
 CAPACITY_PAYLOAD_TYPE = "application/vnd.pointillist.capacity.v1+json"
 MAX_RECORD_BYTES = 8 * 1024
@@ -88,6 +88,9 @@ class CapacityRecord(_Strict):
         return None
 
 
+_record_schema = model_schema(CapacityRecord, "record")
+
+
 def encode_record(identity: Identity, record: CapacityRecord) -> bytes:
     """The gossip message bytes of ``record`` signed by ``identity``."""
     if record.peer_id != identity.peer_id:
@@ -107,16 +110,8 @@ def decode_record(data: bytes, now: float, sender: str | None = None) -> Capacit
     if len(data) > MAX_RECORD_BYTES:
         raise RemoteError(f"record of {len(data)} bytes exceeds {MAX_RECORD_BYTES}")
     envelope = _unpack(data)
-    try:
-        payload = envelope.verify(CAPACITY_PAYLOAD_TYPE)
-    except VerificationError as exc:
-        raise RemoteError(f"record not signed: {exc}") from exc
-    try:
-        record = CapacityRecord.model_validate(loads_strict(payload))
-    except StrictJSONError as exc:
-        raise RemoteError(f"record payload: {exc}") from None
-    except ValidationError as exc:
-        raise RemoteError(f"record field {first_problem(exc, 'record')}") from None
+    record = open_signed(envelope, CAPACITY_PAYLOAD_TYPE, _record_schema, what="record", error=RemoteError,
+                         signature_error=RemoteError)
     if record.peer_id != envelope.keyid:
         raise RemoteError(f"record for {record.peer_id} is signed by {envelope.keyid}")
     if sender is not None and sender != record.peer_id:

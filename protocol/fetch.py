@@ -6,13 +6,13 @@ signed by the same key it recorded with the result. Fetching is idempotent, so n
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from .dsse import Envelope, sign_envelope
-from .errors import RemoteError, VerificationError
-from .fields import Hex128, PeerIdStr, first_problem
+from .errors import RemoteError
+from .fields import Hex128, PeerIdStr, model_schema
 from .identity import Identity
-from .strict_json import StrictJSONError, loads_strict
+from .signed import open_signed
 
 FETCH_PAYLOAD_TYPE = "application/vnd.pointillist.fetch.v1+json"
 FETCH_LIFETIME_S = 120
@@ -37,12 +37,12 @@ def sign_fetch(identity: Identity, job_id: str, node: str, now: int) -> Envelope
 
 
 def open_fetch(envelope: Envelope) -> tuple[FetchRequest, str]:
-    """Verify and parse; returns the request and the requester's peer ID."""
-    payload = envelope.verify(FETCH_PAYLOAD_TYPE)
-    try:
-        request = FetchRequest.model_validate(loads_strict(payload))
-    except StrictJSONError as exc:
-        raise RemoteError(f"fetch payload: {exc}") from None
-    except ValidationError as exc:
-        raise RemoteError(f"invalid fetch request field {first_problem(exc, 'fetch')}") from None
+    """Verify and parse; returns the request and the requester's peer ID.
+
+    Raises ``VerificationError`` (bad signature or type) or ``RemoteError`` (not a valid fetch).
+    """
+    request = open_signed(envelope, FETCH_PAYLOAD_TYPE, _fetch_schema, what="fetch request", error=RemoteError)
     return request, envelope.keyid
+
+
+_fetch_schema = model_schema(FetchRequest, "fetch")

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any, Callable, TypeVar
 
-from pydantic import AfterValidator, StringConstraints
+from pydantic import AfterValidator, BaseModel, StringConstraints, ValidationError
+
+from .signed import SchemaError
+
+M = TypeVar("M", bound=BaseModel)
 
 
 def _below_2_64(value: str) -> str:
@@ -30,3 +34,16 @@ def first_problem(exc, default_place: str) -> str:
     first = exc.errors()[0]
     where = ".".join(str(p) for p in first["loc"]) or default_place
     return f"{where}: {first['msg']}"
+
+
+def model_schema(model: type[M], default_place: str) -> Callable[[Any], M]:
+    """``model.model_validate`` as a schema for ``protocol.signed``: pydantic's errors become one
+    ``SchemaError`` line naming the first problem."""
+
+    def validate(obj: Any) -> M:
+        try:
+            return model.model_validate(obj)
+        except ValidationError as exc:
+            raise SchemaError(first_problem(exc, default_place)) from None
+
+    return validate

@@ -20,9 +20,10 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from .dsse import Envelope, sign_envelope
 from .errors import RemoteError, UsageError, VerificationError
-from .fields import Hex128, PeerIdStr, PromptStr, SeedStr, first_problem
+from .fields import Hex128, PeerIdStr, PromptStr, SeedStr, first_problem, model_schema
 from .identity import Identity
-from .strict_json import StrictJSONError, loads_strict
+from .settings import GenerationSettings
+from .signed import open_signed
 
 JOB_PAYLOAD_TYPE = "application/vnd.pointillist.job.v1+json"
 
@@ -54,19 +55,20 @@ class JobRequest(BaseModel):
     width: int = Field(ge=8, le=8192)
     height: int = Field(ge=8, le=8192)
 
-    def generation_settings(self) -> dict:
-        """The seven settings that decide the image, under the names the pipeline runner and
-        the attestation record both use."""
-        return dict(prompt=self.prompt, negative_prompt=self.negative_prompt, seed=self.seed_int(),
-                    steps=self.steps, guidance=self.guidance, width=self.width, height=self.height)
-
-    def seed_int(self) -> int:
-        return int(self.seed)
+    @property
+    def settings(self) -> GenerationSettings:
+        """The settings that decide the image, as the pipeline runs them and the attestation
+        states them."""
+        return GenerationSettings(prompt=self.prompt, negative_prompt=self.negative_prompt, seed=int(self.seed),
+                                  steps=self.steps, guidance=self.guidance, width=self.width, height=self.height)
 
     def to_payload(self) -> bytes:
         return json.dumps(
             self.model_dump(by_alias=True), sort_keys=True, separators=(",", ":"), ensure_ascii=False
         ).encode("utf-8")
+
+
+_job_schema = model_schema(JobRequest, "job")
 
 
 class SignedJob(BaseModel):
@@ -131,19 +133,8 @@ def open_job(envelope: Envelope) -> SignedJob:
     Raises ``VerificationError`` (bad signature or type) or ``RemoteError`` (payload not a valid
     job). Freshness is separate (``check_fresh``) because it needs the clock.
     """
-    payload = envelope.verify(JOB_PAYLOAD_TYPE)
-    return SignedJob(request=parse_job_payload(payload), requester=envelope.keyid, envelope=envelope)
-
-
-def parse_job_payload(payload: bytes) -> JobRequest:
-    try:
-        obj = loads_strict(payload)
-    except StrictJSONError as exc:
-        raise RemoteError(f"job payload: {exc}") from None
-    try:
-        return JobRequest.model_validate(obj)
-    except ValidationError as exc:
-        raise RemoteError(f"invalid job field {first_problem(exc, 'job')}") from exc
+    request = open_signed(envelope, JOB_PAYLOAD_TYPE, _job_schema, what="job", error=RemoteError)
+    return SignedJob(request=request, requester=envelope.keyid, envelope=envelope)
 
 
 def check_fresh(request: JobRequest, now: float, max_lifetime_s: int = MAX_JOB_LIFETIME_S) -> None:

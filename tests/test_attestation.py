@@ -35,6 +35,7 @@ from pointillist.attestation import (
 from pointillist.protocol.dsse import Envelope, sign_envelope
 from pointillist.protocol.errors import SignatureError, UsageError, VerificationError
 from pointillist.protocol.jobs import sign_job
+from pointillist.protocol.settings import SETTING_NAMES
 from support import load_vector_generator
 
 from support import VECTORS  # noqa: E402
@@ -58,9 +59,15 @@ def make_signed(prompt: str = "a lighthouse at dusk", **record_changes) -> Signe
     image = V.gradient()
     request = V.job_request("00112233445566778899aabbccddeeff", prompt)
     job = sign_job(V.REQUESTER, request)
-    record = dataclasses.replace(V.record_for(job, request), **record_changes)
+    record = replace_record(V.record_for(job, request), **record_changes)
     envelope = attest(V.NODE, record, image)
     return Signed(image, job, record, envelope, embed_provenance(image, envelope, job))
+
+
+def replace_record(record: GenerationRecord, **changes) -> GenerationRecord:
+    """``dataclasses.replace`` that also reaches into ``record.settings``."""
+    settings = {k: changes.pop(k) for k in list(changes) if k in SETTING_NAMES}
+    return dataclasses.replace(record, settings=dataclasses.replace(record.settings, **settings), **changes)
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +91,7 @@ def test_sign_embed_extract_verify_round_trip(signed: Signed) -> None:
     assert [c.name for c in report.checks] == list(CHECK_NAMES)
     assert all(c.ok for c in report.checks)
     assert report.statement == statement
-    assert report.job is not None and report.job.prompt == signed.record.prompt
+    assert report.job is not None and report.job.prompt == signed.record.settings.prompt
     encoded = json.dumps(report.to_json_dict())
     assert json.loads(encoded)["ok"] is True
 
@@ -200,7 +207,7 @@ def test_parse_statement_refuses_lone_surrogate(signed: Signed) -> None:
 
 def test_guidance_may_be_written_as_an_integer(signed: Signed) -> None:
     data = json.dumps(_edit(_payload(signed), "predicate.guidance", 7)).encode()
-    assert parse_statement(data).record.guidance == 7.0
+    assert parse_statement(data).record.settings.guidance == 7.0
 
 
 @pytest.mark.parametrize(
@@ -209,7 +216,7 @@ def test_guidance_may_be_written_as_an_integer(signed: Signed) -> None:
      {"prompt": "\ud800"}, {"libraries": {"torch": "2"}}, {"created_at": "yesterday"}],
 )
 def test_build_statement_refuses_invalid_records(signed: Signed, change: dict) -> None:
-    record = dataclasses.replace(signed.record, **change)
+    record = replace_record(signed.record, **change)
     with pytest.raises(UsageError):
         build_statement(record, pixel_subject(signed.image))
 

@@ -31,6 +31,7 @@ from pointillist.attestation import (
 )
 from pointillist.protocol.errors import UsageError, VerificationError
 from pointillist.protocol.jobs import sign_job
+from pointillist.protocol.settings import SETTING_NAMES
 from support import load_vector_generator
 
 from support import VECTORS  # noqa: E402
@@ -101,7 +102,9 @@ def test_inexact_modes_are_refused(mode: str) -> None:
 
 def record(**changes) -> GenerationRecord:
     request = V.job_request("00112233445566778899aabbccddeeff", "a cat")
-    return dataclasses.replace(V.record_for(sign_job(V.REQUESTER, request), request), **changes)
+    record = V.record_for(sign_job(V.REQUESTER, request), request)
+    settings = {k: changes.pop(k) for k in list(changes) if k in SETTING_NAMES}
+    return dataclasses.replace(record, settings=dataclasses.replace(record.settings, **settings), **changes)
 
 
 def test_a1111_parameters_format() -> None:

@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 BUILD_SCRIPT = REPO / "node" / "models" / "build_tiny_model.py"
 RECORD = REPO / "node" / "models" / "tiny-sd.versions.json"
 
-PARAMS = P.GenerationParams(
+PARAMS = P.GenerationSettings(
     prompt="a lighthouse at dusk, pointillism",
     negative_prompt="blurry",
     seed=1234,
@@ -89,9 +89,9 @@ def test_result_describes_the_run(model: P.LoadedModel):
 def test_generation_is_deterministic_in_process(model: P.LoadedModel):
     first = _pixels(model.generate(PARAMS).image)
     assert _pixels(model.generate(PARAMS).image) == first
-    other_seed = P.GenerationParams(**{**PARAMS.__dict__, "seed": PARAMS.seed + 1})
+    other_seed = P.GenerationSettings(**{**PARAMS.__dict__, "seed": PARAMS.seed + 1})
     assert _pixels(model.generate(other_seed).image) != first
-    other_prompt = P.GenerationParams(**{**PARAMS.__dict__, "prompt": "a different prompt"})
+    other_prompt = P.GenerationSettings(**{**PARAMS.__dict__, "prompt": "a different prompt"})
     assert _pixels(model.generate(other_prompt).image) != first
 
 
@@ -144,7 +144,7 @@ def test_on_step_exception_aborts_and_propagates(model: P.LoadedModel):
 
 def test_other_sizes(model: P.LoadedModel):
     for width, height in ((256, 256), (72, 48)):
-        params = P.GenerationParams(**{**PARAMS.__dict__, "width": width, "height": height, "steps": 2})
+        params = P.GenerationSettings(**{**PARAMS.__dict__, "width": width, "height": height, "steps": 2})
         assert model.generate(params).image.size == (width, height)
 
 
@@ -164,7 +164,7 @@ def test_other_sizes(model: P.LoadedModel):
 )
 def test_bad_parameters_raise_usage_error(model: P.LoadedModel, change: dict):
     with pytest.raises(UsageError):
-        model.generate(P.GenerationParams(**{**PARAMS.__dict__, **change}))
+        model.generate(P.GenerationSettings(**{**PARAMS.__dict__, **change}))
 
 
 def test_single_file_needs_config(tmp_path: Path):

@@ -1,0 +1,58 @@
+"""The seven settings that decide an image, declared once.
+
+A job asks for them (``JobRequest.settings``), the pipeline runs them (``LoadedModel.generate``),
+the attestation states them (``GenerationRecord.settings``) and the verifier compares the job's
+with the statement's as a whole (``job.settings == record.settings``). A setting added here is
+therefore carried, stated and checked everywhere, or some test fails.
+
+Pure code: no pydantic, no torch. Range checks live with whoever reads untrusted data (the job
+and statement schemas) or spends GPU time (the pipeline); this is only the value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def _json(name: str) -> Any:
+    # The JSON member name, the same in the signed job and in the attestation's predicate.
+    return field(metadata={"json": name})
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """What a requester asks for and a node states it ran; Python names, Python types.
+
+    ``seed`` is an int here and a decimal string in JSON (JSON numbers lose precision past 2**53
+    in many parsers). ``guidance`` is the classifier-free guidance scale.
+    """
+
+    prompt: str = _json("prompt")
+    negative_prompt: str = _json("negativePrompt")
+    seed: int = _json("seed")
+    steps: int = _json("steps")
+    guidance: float = _json("guidance")
+    width: int = _json("width")
+    height: int = _json("height")
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The JSON members as both the job and the predicate write them."""
+        out = {json_name(f.name): getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["seed"] = str(self.seed)
+        out["guidance"] = float(self.guidance)
+        return out
+
+    def differing(self, other: GenerationSettings) -> list[str]:
+        """JSON names of the settings whose values differ, in declaration order."""
+        return [json_name(f.name) for f in dataclasses.fields(self) if getattr(self, f.name) != getattr(other, f.name)]
+
+
+#: Python names of the settings, in declaration order.
+SETTING_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(GenerationSettings))
+
+
+def json_name(name: str) -> str:
+    """The JSON member name of the setting ``name`` (``negative_prompt`` -> ``negativePrompt``)."""
+    return GenerationSettings.__dataclass_fields__[name].metadata["json"]
