@@ -28,6 +28,9 @@ RECORD_TTL_S = 90
 HEARTBEAT_S = 30
 #: A record may claim to expire at most this far ahead (stops a node pinning a stale record).
 MAX_TTL_S = 600
+#: Clock skew tolerated between nodes. Without a bound on ``issuedAt`` a record dated in the
+#: future would pass the lifetime bound and stay live long after its node stopped renewing it.
+MAX_CLOCK_SKEW_S = 120
 
 _Short = Annotated[str, StringConstraints(min_length=1, max_length=100)]
 _Digest = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
@@ -118,8 +121,10 @@ def decode_record(data: bytes, now: float, sender: str | None = None) -> Capacit
         raise RemoteError(f"record for {record.peer_id} was published by {sender}")
     if record.expires_at <= now:
         raise RemoteError("record has expired")
-    if record.expires_at - record.issued_at > MAX_TTL_S or record.issued_at > now + 120:
+    if record.expires_at - record.issued_at > MAX_TTL_S:
         raise RemoteError("record lifetime is out of bounds")
+    if record.issued_at > now + MAX_CLOCK_SKEW_S:
+        raise RemoteError("record is issued in the future (check the node's clock)")
     return record
 
 

@@ -9,6 +9,7 @@ from pointillist.network.directory import PeerDirectory
 from pointillist.requester.ranking import rank_nodes
 from pointillist.protocol.capacity import (
     CAPACITY_PAYLOAD_TYPE,
+    MAX_CLOCK_SKEW_S,
     MAX_RECORD_BYTES,
     CapacityRecord,
     decode_record,
@@ -70,6 +71,19 @@ def test_expired_and_overlong_records_are_dropped():
         decode_record(encode_record(A, record()), NOW + 91)
     with pytest.raises(RemoteError, match="lifetime"):
         decode_record(encode_record(A, record(ttl=100_000)), NOW)
+
+
+@pytest.mark.parametrize("issued", [NOW + MAX_CLOCK_SKEW_S + 1, NOW + 10_000])
+def test_records_issued_in_the_future_are_dropped(issued):
+    # Within MAX_TTL_S of its own issuedAt, so only the clock bound can refuse it: a record
+    # dated ahead would otherwise stay live after its node stops renewing it.
+    with pytest.raises(RemoteError, match="issued in the future"):
+        decode_record(encode_record(A, record(issued=issued, ttl=90)), NOW)
+
+
+def test_records_within_the_clock_skew_are_kept():
+    r = record(issued=NOW + MAX_CLOCK_SKEW_S, ttl=90)
+    assert decode_record(encode_record(A, r), NOW) == r
 
 
 @pytest.mark.parametrize("data,reason", [

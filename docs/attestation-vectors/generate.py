@@ -51,13 +51,14 @@ def gradient() -> Image.Image:
     return image
 
 
-def job_request(job_id: str, prompt: str, negative: str = "blurry", seed: str = "1234") -> JobRequest:
+def job_request(job_id: str, prompt: str, negative: str = "blurry", seed: str = "1234",
+                node: Identity = NODE) -> JobRequest:
     return JobRequest(
         jobId=job_id,
         nonce="0f" * 16,
         issuedAt=ISSUED_AT,
         expiresAt=ISSUED_AT + 600,
-        node=NODE.peer_id,
+        node=node.peer_id,
         model=MODEL_NAME,
         prompt=prompt,
         negativePrompt=negative,
@@ -194,6 +195,13 @@ def build_vectors() -> dict[str, bytes]:
     png("job-bad-signature.png", "job binding", "job envelope: envelope signature invalid",
         "The job's keyid is the requester but another key signed it.",
         job=Envelope(job.payload_type, job.payload, job.keyid, OTHER.sign(pae(job.payload_type, job.payload))))
+    # Everything consistent (the statement binds this job's id and hash, the settings agree)
+    # except that the requester addressed the job to another node: only the node rule fails.
+    elsewhere = job_request(request.job_id, request.prompt, node=OTHER)
+    elsewhere_job = sign_job(REQUESTER, elsewhere)
+    png("job-for-other-node.png", "job binding", "differs from the attestation in node",
+        "A job the requester signed for another node, run and attested by this node, hash and id bound.",
+        attestation=attest(NODE, record_for(elsewhere_job, elsewhere), image), job=elsewhere_job)
     png("edited-parameters.png", "parameters", "was edited", "A1111 text edited (Seed 1234 -> 99).",
         parameters=parameters.replace("Seed: 1234", "Seed: 99"))
     png("no-job.png", "job binding", "no job embedded", "Attestation without the job envelope.", job=None)
