@@ -48,7 +48,12 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="pointillist-bench-"))
     env = {**os.environ, "POINTILLIST_HOME": str(tmp / "node"), "OMP_NUM_THREADS": str(args.threads),
            "HF_HUB_OFFLINE": "1"}
-    node_cmd = [sys.executable, "-m", "pointillist.cli", "node", "start", "--ready-file", str(tmp / "node.json")]
+    # The node's per-requester rate limit (a burst of 10 by default) would refuse run 11 onwards:
+    # this measures overhead, not admission, so the bench node gets a policy without one.
+    policy = tmp / "policy.toml"
+    policy.write_text("[requesters]\njobs_per_minute = 1000000\nburst = 1000000\n")
+    node_cmd = [sys.executable, "-m", "pointillist.cli", "node", "start", "--ready-file", str(tmp / "node.json"),
+                "--policy", str(policy)]
     if args.model:
         node_cmd += ["--model", str(args.model)]
     procs = [
@@ -86,7 +91,8 @@ async def measure(args, node: dict, echo: dict, generate):
     # The three measurements are interleaved run by run, so that load from elsewhere on a
     # shared machine falls on all of them alike.
     from pointillist.attestation.verify import verify_image
-    from pointillist.requester.transport import run_job
+    from pointillist.requester.libp2p_transport import Libp2pTransport
+    from pointillist.requester.transport import NodeAddress, job_deadline_s
     from pointillist.network.host import connect, parse_peer_addr, running_host
     from pointillist.protocol import framing
     from pointillist.protocol.identity import Identity
@@ -104,6 +110,8 @@ async def measure(args, node: dict, echo: dict, generate):
 
     direct, e2e, rt = [], [], []
     async with running_host(me) as host:
+        transport = Libp2pTransport(host)
+        node_address = NodeAddress(node["peer_id"], node["addrs"][0])
         await connect(host, node_peer)
         await connect(host, echo_peer)
         for i in range(args.runs + 1):  # the first round is a warm-up
@@ -113,7 +121,7 @@ async def measure(args, node: dict, echo: dict, generate):
 
             req = request()
             t = time.perf_counter()
-            png = await run_job(host, node_peer, sign_job(me, req), req)
+            png = await transport.run_job(node_address, sign_job(me, req), req, None, job_deadline_s(req))
             if not verify_image(png, expect_node=node["peer_id"]).ok:
                 raise SystemExit("result did not verify")
             t_e2e = time.perf_counter() - t

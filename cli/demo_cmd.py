@@ -64,25 +64,29 @@ def _submit_and_check(args: argparse.Namespace, demo_dir: Path, infos: list[dict
     import trio
 
     from ..attestation.verify import verify_image
-    from ..protocol.jobs import new_job_request
     from ..protocol.keyfile import load_or_create_identity
+    from ..protocol.settings import GenerationSettings
+    from ..requester import JobSpec, Requester
     from .report import print_report
-    from .submit_cmd import _submit
 
-    requester, _ = load_or_create_identity(demo_dir / "requester" / "identity.key")
+    requester_dir = demo_dir / "requester"
+    identity, _ = load_or_create_identity(requester_dir / "identity.key")
     width, height = args.size
     model = infos[0]["models"][0]["name"]
-
-    def make_request(node: str):
-        return new_job_request(node=node, model=model, prompt=args.prompt, seed=args.seed, steps=args.steps,
-                               guidance=7.5, width=width, height=height, now=int(time.time()))
-
+    spec = JobSpec(model, GenerationSettings(prompt=args.prompt, negative_prompt="", seed=args.seed,
+                                             steps=args.steps, guidance=7.5, width=width, height=height))
     boot = infos[0]["addrs"][0]
-    say(f"requester {requester.peer_id} joins through {infos[0]['peer_id']} and picks a node for {model!r}")
-    png, report, request = trio.run(_submit, requester, None, [boot], make_request, model, False, None)
-    say(f"job {request.job_id} ran on {request.node}")
+    say(f"requester {identity.peer_id} joins through {infos[0]['peer_id']} and picks a node for {model!r}")
+    requester = Requester(identity, bootstrap=[boot], state_dir=requester_dir)
+
+    async def submit():
+        async with requester.open() as session:
+            return await session.submit(spec)
+
+    outcome = trio.run(submit)
+    say(f"job {outcome.request.job_id} ran on {outcome.request.node}")
     out = demo_dir / "demo.png"
-    out.write_bytes(png)
+    out.write_bytes(outcome.png)
     say(f"wrote {out}; `pointillist verify {out}` says:")
     report = verify_image(out.read_bytes())
     print_report(report, sys.stdout)

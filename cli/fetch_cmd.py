@@ -1,57 +1,61 @@
-"""``pointillist fetch JOB_ID --peer NODE``: get a finished result again (after a broken
-connection, or after the node restarted). Only the requester who signed the job can fetch it;
-the image is verified before it is written, as with ``submit``."""
+"""``pointillist fetch JOB_ID``: get a finished result again (after a broken connection, an
+interrupted ``submit``, or a node restart). The node is the one the requester's journal recorded
+for the job, or ``--peer``. Only the requester who signed the job can fetch it; if the node is
+still generating, fetch waits for it (``--max-wait``). The image is verified before it is written.
+"""
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
+
+from . import options
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("job_id", help="the job id (32 hex digits) that submit printed")
-    p.add_argument("--peer", required=True, metavar="MULTIADDR", help="the node that ran the job")
+    p.add_argument("--peer", metavar="MULTIADDR", help="the node that ran the job (default: from the journal)")
     p.add_argument("--out", type=Path, help="output PNG (default pointillist-<job id>.png)")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p.add_argument("--key", type=Path, help="requester identity file (the one that signed the job)")
+    p.add_argument("--max-wait", type=options.positive_float, default=60.0, metavar="SECONDS",
+                   help="how long to wait for a job the node is still running (default 60)")
 
 
 def run(args: argparse.Namespace) -> int:
-    import re
-    import time
-
-    import trio
-
-    from ..attestation.verify import verify_image
-    from ..network.host import parse_peer_addr
-    from ..protocol.errors import UsageError, VerificationError
-    from ..protocol.fetch import sign_fetch
-    from ..protocol.keyfile import default_key_path, load_identity
+    from ..protocol.errors import UsageError
+    from ..protocol.keyfile import data_dir, default_key_path, load_identity
+    from ..requester import Requester
+    from .interrupt import run_trio
+    from .output import check_writable, write_new
     from .report import print_report
-    from .submit_cmd import _write_new
 
     if not re.fullmatch(r"[0-9a-f]{32}", args.job_id):
         raise UsageError(f"a job id is 32 lowercase hex digits: {args.job_id!r}")
-    peer = parse_peer_addr(args.peer)
+    if args.peer:
+        from ..network.host import parse_peer_addr
+
+        parse_peer_addr(args.peer)
     out = args.out or Path(f"pointillist-{args.job_id[:12]}.png")
-    if out.exists() and not args.force:
-        raise UsageError(f"{out} exists (use --force to overwrite)")
+    check_writable(out, overwrite=args.force)
     identity = load_identity(args.key or default_key_path())
-    envelope = sign_fetch(identity, args.job_id, peer.peer_id.to_base58(), int(time.time()))
-    png = trio.run(_fetch, identity, peer, envelope, args.job_id)
-    report = verify_image(png, expect_node=peer.peer_id.to_base58())
-    if not report.ok or report.job is None or report.job.job_id != args.job_id:
-        print_report(report, sys.stderr)
-        raise VerificationError("the fetched image did not verify; nothing was written")
-    _write_new(out, png, overwrite=args.force)
+    requester = Requester(identity, state_dir=data_dir())
+
+    def interrupted() -> str:
+        return f"interrupted; the job stays on its node for a while: run `pointillist fetch {args.job_id}` again"
+
+    png, report, _ = run_trio(_fetch, requester, args.peer, args.job_id, args.max_wait, interrupted=interrupted)
+    write_new(out, png, overwrite=args.force)
+    print_report(report, sys.stderr)
     print(out)
     return 0
 
 
-async def _fetch(identity, peer, envelope, job_id: str) -> bytes:
-    from ..requester.transport import fetch_result
-    from ..network.host import running_host
+async def _fetch(requester, peer: str | None, job_id: str, max_wait: float):
+    from ..requester.transport import NodeAddress
 
-    async with running_host(identity) as host:
-        return await fetch_result(host, peer, envelope, job_id)
+    async with requester.open(peer=peer, discover=False) as session:
+        node = session.direct.node if session.direct else None
+        return await session.fetch(job_id, node, patience_s=max_wait)

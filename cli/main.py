@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import re
 import sys
 from typing import Sequence
 
@@ -23,13 +24,20 @@ COMMANDS = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: the usage block it prints by default buries the message."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="pointillist",
         description="Peer-to-peer image generation with signed, verifiable provenance.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks and debug logs")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         _module(module).add_arguments(p)
@@ -68,19 +76,39 @@ def configure_logging(*, verbose: bool, serving: bool) -> None:
     root.setLevel(logging.DEBUG if verbose else logging.INFO if serving else logging.WARNING)
 
 
+def attach_dashed_values(argv: list[str]) -> list[str]:
+    """``--size -64x64`` as ``--size=-64x64``: argparse reads a value that starts with a dash as
+    an option and says "expected one argument", which hides the real mistake (a negative size,
+    seed or guidance) that the option's own check then names. No option of ours starts with
+    a dash and a digit, so this changes nothing else."""
+    out: list[str] = []
+    for token in argv:
+        if out and out[-1].startswith("--") and "=" not in out[-1] and re.match(r"-\d", token):
+            out[-1] = f"{out[-1]}={token}"
+        else:
+            out.append(token)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from ..protocol.errors import PointillistError, find_ours
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(attach_dashed_values(sys.argv[1:] if argv is None else list(argv)))
     configure_logging(verbose=args.verbose, serving=args.command == "node")
     try:
         return int(_module(args._module).run(args) or 0)
     except (PointillistError, BaseExceptionGroup) as exc:
+        from .interrupt import Interrupted, is_interrupt
+
+        if is_interrupt(exc):
+            print("interrupted", file=sys.stderr)
+            return 130
         ours = find_ours(exc)
         if ours is None or args.verbose:
             raise
-        print(f"error: {ours.diagnostics()}", file=sys.stderr)
+        prefix = "" if isinstance(ours, Interrupted) else "error: "
+        print(f"{prefix}{ours.diagnostics()}", file=sys.stderr)
         return ours.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -6,12 +6,30 @@ import argparse
 import re
 
 
+#: The sides a signed job may ask for (protocol/jobs.py); a node's own limits may be tighter.
+MIN_SIDE, MAX_SIDE, SIDE_MULTIPLE = 8, 8192, 8
+#: Images one ``submit -n`` may ask for per prompt.
+MAX_COUNT = 100
+
+
 def image_size(text: str) -> tuple[int, int]:
-    m = re.fullmatch(r"(\d{1,5})(?:x(\d{1,5}))?", text.strip().lower())
+    m = re.fullmatch(r"([+-]?\d+)(?:x([+-]?\d+))?", text.strip().lower())
     if not m:
         raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT or one number, e.g. 512x512: {text!r}")
-    w = int(m.group(1))
-    return w, int(m.group(2) or w)
+    sides = int(m.group(1)), int(m.group(2) or m.group(1))
+    for side in sides:
+        if not MIN_SIDE <= side <= MAX_SIDE:
+            raise argparse.ArgumentTypeError(f"each side must be {MIN_SIDE} to {MAX_SIDE} pixels: {text!r}")
+        if side % SIDE_MULTIPLE:
+            raise argparse.ArgumentTypeError(f"each side must be a multiple of {SIDE_MULTIPLE}: {text!r}")
+    return sides
+
+
+def count(text: str) -> int:
+    value = positive_int(text)
+    if value > MAX_COUNT:
+        raise argparse.ArgumentTypeError(f"at most {MAX_COUNT} images per prompt: {text!r}")
+    return value
 
 
 def seed(text: str) -> int:

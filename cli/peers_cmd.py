@@ -9,6 +9,9 @@ import sys
 
 from . import options
 
+#: Hex digits of a model digest shown in the table; ``submit --model`` takes any prefix of ≥ 10.
+DIGEST_SHOWN = 12
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bootstrap", action="append", default=[], metavar="MULTIADDR",
@@ -19,18 +22,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import trio
-
     from ..network.host import parse_peer_addr
     from ..protocol.errors import UsageError
     from .config import load_config
+    from .interrupt import run_trio
 
     bootstrap = args.bootstrap or load_config().bootstrap
     if not bootstrap:
         raise UsageError("no peers to ask: use --bootstrap or set bootstrap in config.toml")
     for addr in bootstrap:
         parse_peer_addr(addr)
-    rows = trio.run(_collect, bootstrap, args.wait, args.key)
+    rows = run_trio(_collect, bootstrap, args.wait, args.key, interrupted=lambda: "interrupted; nothing was changed")
     if args.json:
         json.dump(rows, sys.stdout, indent=2)
         print()
@@ -42,24 +44,13 @@ def run(args: argparse.Namespace) -> int:
 async def _collect(bootstrap: list[str], wait: float, key: str | None) -> list[dict]:
     from pathlib import Path
 
-    import trio
-
-    from ..network.overlay import open_network
-    from ..network.host import DEFAULT_LISTEN
-    from ..protocol.errors import TransportError
     from ..protocol.identity import Identity
     from ..protocol.keyfile import load_identity
+    from ..requester import Requester
 
     identity = load_identity(Path(key)) if key else Identity.generate()
-    async with open_network(identity, [DEFAULT_LISTEN], serve_dht=False) as net:
-        if not await net.join(bootstrap):
-            raise TransportError(f"no bootstrap peer answered ({', '.join(bootstrap)})")
-        await trio.sleep(wait)
-        now = net.clock()
-        return [
-            {**r.model_dump(by_alias=True), "ageS": round(net.directory.age(r.peer_id, now), 1)}
-            for r in sorted(net.directory.live(now), key=lambda r: r.peer_id)
-        ]
+    async with Requester(identity, bootstrap=bootstrap, patience_s=30).open() as session:
+        return [{**record.model_dump(by_alias=True), "ageS": round(age, 1)} for record, age in await session.nodes(wait)]
 
 
 def _table(rows: list[dict]) -> None:
@@ -76,7 +67,7 @@ def _table(rows: list[dict]) -> None:
         table.add_row(  # names come from other peers' records: never let them be markup
             escape(r["peerId"][:20]) + "…",
             escape(f"{device['kind']} {device['name']}{vram}"),
-            escape("\n".join(f"{m['name']} {m['digest'][:12]}" for m in r["models"])),
+            escape("\n".join(f"{m['name']} {m['digest'][:DIGEST_SHOWN]}" for m in r["models"])),
             f"{r['speed']['stepsPerS']:g} steps/s @{r['speed']['refWidth']}²",
             f"{r['queueFree']}/{r['queueSize']} free" + ("" if r["accepting"] else " (closed)"),
             f"{r['ageS']:.0f} s",

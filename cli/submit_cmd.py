@@ -1,14 +1,18 @@
-"""``pointillist submit``: sign a job, send it to a node, show progress, verify, write the image.
+"""``pointillist submit``: sign jobs, send them to nodes, show progress, verify, write the images.
 
-With ``--peer`` the job goes to that node. Without it, the network is joined through the
-bootstrap peers (``--bootstrap`` or config.toml) and the best node serving the model is chosen,
-falling back to the next one if it fails. Nothing is written unless the attestation verifies,
-names the node that ran the job, and embeds exactly the job we signed.
+Parsing and printing only; ``pointillist.requester.Requester`` does the work. With ``--peer``
+the jobs go to that node; otherwise the network is joined through the bootstrap peers and the
+best node serving the model is chosen for each job, falling back to the next if it fails.
+
+A job is never lost from sight: its id is printed the moment a node accepts it (and recorded in
+the requester's journal), ``--out`` is checked to be writable before anything is sent, and
+Ctrl-C says how to fetch what was accepted. Nothing is written unless it verifies.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import secrets
 import sys
 from pathlib import Path
@@ -19,169 +23,184 @@ DEFAULT_MODEL = "tiny-sd"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("prompt", help="what to draw")
+    p.add_argument("prompt", nargs="+", help="what to draw; several prompts make several jobs")
     p.add_argument("--peer", metavar="MULTIADDR", help="node to use: /ip4/<ip>/tcp/<port>/p2p/<peer id> "
                    "(default: choose one through --bootstrap)")
     p.add_argument("--bootstrap", action="append", default=[], metavar="MULTIADDR",
                    help="peer to discover nodes through; repeatable (default: config.toml)")
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"model name or digest (default {DEFAULT_MODEL})")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"model name, digest, or digest prefix of 10+ hex digits (default {DEFAULT_MODEL})")
     p.add_argument("--negative", default="", help="negative prompt")
-    p.add_argument("--seed", type=options.seed, help="random seed (default: random)")
+    p.add_argument("--seed", type=options.seed, help="random seed (default: random); image k of -n uses seed+k")
+    p.add_argument("-n", "--count", type=options.count, default=1, help="images per prompt (default 1)")
     p.add_argument("--steps", type=options.positive_int, default=20, help="denoising steps (default 20)")
     p.add_argument("--size", type=options.image_size, default=(512, 512), metavar="WxH",
                    help="image size (default 512x512)")
     p.add_argument("--guidance", type=options.non_negative_float, default=7.5,
                    help="classifier-free guidance scale (default 7.5)")
-    p.add_argument("--out", type=Path, help="output PNG (default pointillist-<job id>.png)")
+    p.add_argument("--out", type=Path, help="output PNG (default pointillist-<job id>.png); with several "
+                   "images, NAME-1.png, NAME-2.png, …")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p.add_argument("--key", type=Path, help="requester identity file")
-    p.add_argument("--timeout", type=options.positive_float, help="give up on a node after this many seconds (default: scaled by work)")
+    p.add_argument("--timeout", type=options.positive_float,
+                   help="give up on one node after this many seconds (default: scaled by work)")
+    p.add_argument("--max-wait", type=options.positive_float, default=300.0, metavar="SECONDS",
+                   help="how long to keep trying to join and to find a node with a free slot (default 300)")
+    p.add_argument("--json", action="store_true",
+                   help="JSON lines on stdout: one 'accepted' event per job as it happens, then one result each")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
     import time
 
-    import trio
-
-    from ..network.host import parse_peer_addr
-    from ..protocol.errors import UsageError
-    from ..protocol.jobs import new_job_request
-    from ..protocol.keyfile import default_key_path, load_or_create_identity
+    from ..protocol.keyfile import data_dir, default_key_path, load_or_create_identity
+    from ..protocol.settings import GenerationSettings
+    from ..requester import JobSpec, Requester
     from .config import load_config
-    from .report import print_report
+    from .interrupt import run_trio
+    from .output import check_writable, write_new
 
-    peer = parse_peer_addr(args.peer) if args.peer else None
     bootstrap = args.bootstrap or load_config().bootstrap
-    for addr in bootstrap:
-        parse_peer_addr(addr)
-    if args.out is not None and args.out.exists() and not args.force:
-        raise UsageError(f"{args.out} exists (use --force to overwrite)")
-    identity, _ = load_or_create_identity(args.key or default_key_path())
+    _check_addresses(args.peer, bootstrap)
     width, height = args.size
-    seed = secrets.randbits(63) if args.seed is None else args.seed
+    first_seed = secrets.randbits(63) if args.seed is None else args.seed
+    specs = [
+        JobSpec(args.model, GenerationSettings(prompt=prompt, negative_prompt=args.negative,
+                                               seed=(first_seed + k) % 2**64, steps=args.steps,
+                                               guidance=args.guidance, width=width, height=height))
+        for prompt in args.prompt for k in range(args.count)
+    ]
+    outs = _planned_outputs(args.out, len(specs))
+    for out in outs:
+        check_writable(out, overwrite=args.force)  # before anything is sent, not after the GPU work
+    if args.out is None:
+        check_writable(Path("pointillist-check.png"), overwrite=True)
+    identity, _ = load_or_create_identity(args.key or default_key_path())
+    for spec in specs:
+        spec.request_for(identity.peer_id, int(time.time()))  # bad settings fail before the network
+    requester = Requester(identity, bootstrap=bootstrap, state_dir=data_dir(),
+                          patience_s=args.max_wait, attempt_timeout_s=args.timeout)
+    view = _View(args.json, args.quiet, len(specs))
+    results = run_trio(_submit_all, requester, args.peer, specs, view, interrupted=view.interrupted_line)
 
-    def make_request(node: str):
-        return new_job_request(
-            node=node, model=args.model, prompt=args.prompt, negative_prompt=args.negative, seed=seed,
-            steps=args.steps, guidance=args.guidance, width=width, height=height, now=int(time.time()),
-        )
-
-    make_request(identity.peer_id)  # refuse bad settings before touching the network
-    png, report, request = trio.run(
-        _submit, identity, peer, bootstrap, make_request, args.model, args.quiet, args.timeout
-    )
-    out = args.out or Path(f"pointillist-{request.job_id[:12]}.png")
-    _write_new(out, png, overwrite=args.force or args.out is None)
-    if not args.quiet:
-        print_report(report, sys.stderr)
-    print(out)
-    return 0
-
-
-async def _submit(identity, peer, bootstrap, make_request, model, quiet, timeout):
-    import trio
-
-    from ..network.overlay import open_network
-    from ..network.host import DEFAULT_LISTEN, running_host
-    from ..requester.backoff import PeerBackoff
-    from ..requester.failover import find_candidates, run_and_verify, submit_to_best
-    from ..requester.ranking import rank_nodes
-    from ..protocol.errors import PointillistError
-    from ..protocol.keyfile import data_dir
-
-    with _progress(quiet) as show:
-        if peer is not None:
-            async with running_host(identity) as host:
-                request = make_request(peer.peer_id.to_base58())
-                show.attempt(request.node)
-                png, report = await run_and_verify(host, peer, identity, request, show.event, timeout)
-                return png, report, request
-        async with open_network(identity, [DEFAULT_LISTEN], serve_dht=False) as net:
-            show.status("looking for nodes…")
-            probe = make_request(identity.peer_id)
-            backoff_file = data_dir() / "peer-backoff.json"
-            backoff = PeerBackoff.load(backoff_file)
-            avoided = backoff.avoided(net.clock())
-            candidates = await find_candidates(net, bootstrap, model, probe.steps, probe.width, probe.height,
-                                               avoid=avoided)
-            live = net.directory.live(net.clock())
-            for _ in range(3):  # nobody known serves it yet: listen to gossip a little before giving up
-                if candidates or any(r.serves(model) for r in live):
-                    break
-                await trio.sleep(2)
-                live = net.directory.live(net.clock())
-                candidates = rank_nodes(live, model, probe.steps, probe.width, probe.height,
-                                        exclude={identity.peer_id})
-            if not candidates and not any(r.serves(model) for r in live):
-                raise PointillistError(
-                    f"no live node serves {model!r} (known nodes: {len(live)}; see `pointillist peers`)"
-                )
-            # Nodes that serve it but are all full right now: submit_to_best waits for a free slot.
-
-            def rerank(failed: set[str]):
-                return rank_nodes(net.directory.live(net.clock()), model, probe.steps, probe.width, probe.height,
-                                  exclude=failed | {identity.peer_id})
-
-            try:
-                return await submit_to_best(net, identity, candidates, make_request, show.attempt, show.event,
-                                            timeout, backoff=backoff, rerank=rerank)
-            finally:
-                backoff.save(backoff_file)
+    failures = 0
+    for i, result in enumerate(results):
+        if isinstance(result, Exception):
+            failures += 1
+            view.failed(i, result)
+            continue
+        out = outs[i] if outs else Path(f"pointillist-{result.request.job_id[:12]}.png")
+        write_new(out, result.png, overwrite=args.force or not outs)
+        view.done(i, result, out)
+    if failures and len(results) == 1 and not args.json:
+        raise results[0]
+    return 1 if failures else 0
 
 
-class _progress:
-    """A rich progress bar on stderr, or nothing with --quiet."""
+async def _submit_all(requester, peer, specs, view):
+    async with requester.open(peer=peer) as session:
+        view.status("looking for nodes…")
+        with view:
+            return await session.submit_all(specs, view.hooks_for)
 
-    def __init__(self, quiet: bool) -> None:
+
+def _check_addresses(peer: str | None, bootstrap: list[str]) -> None:
+    from ..network.host import parse_peer_addr
+
+    for addr in ([peer] if peer else []) + list(bootstrap):
+        parse_peer_addr(addr)
+
+
+def _planned_outputs(out: Path | None, n: int) -> list[Path]:
+    if out is None:
+        return []
+    if n == 1:
+        return [out]
+    return [out.with_name(f"{out.stem}-{i + 1}{out.suffix or '.png'}") for i in range(n)]
+
+
+class _View:
+    """What the user sees: a progress bar and one line per accepted job on stderr, or JSON lines."""
+
+    def __init__(self, as_json: bool, quiet: bool, total: int) -> None:
         from rich.console import Console
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+        self.as_json = as_json
+        self.total = total
+        self.console = Console(stderr=True)
         self.progress = Progress(
             TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-            TimeElapsedColumn(), transient=True, disable=quiet, console=Console(stderr=True),
+            TimeElapsedColumn(), transient=True, disable=quiet or as_json, console=self.console,
         )
-        self.task = None
+        self.quiet = quiet
+        self.tasks: dict[int, int] = {}
+        self.accepted: dict[str, tuple[str, str]] = {}  # job id -> (peer id, addr), until written
 
     def __enter__(self):
         self.progress.__enter__()
-        self.task = self.progress.add_task("starting…", total=None)
         return self
 
     def __exit__(self, *exc):
         return self.progress.__exit__(*exc)
 
     def status(self, text: str) -> None:
-        self.progress.update(self.task, description=text)
+        if not self.as_json and not self.quiet:
+            self.console.print(text, style="dim")
 
-    def attempt(self, peer_id: str) -> None:
-        self.progress.update(self.task, description=f"sending to {peer_id[:16]}…", completed=0, total=None)
-
-    def event(self, event) -> None:
+    def hooks_for(self, i: int):
         from ..protocol.messages import AcceptedMessage
+        from ..requester import Hooks
 
-        if isinstance(event, AcceptedMessage):
-            self.status("running" if event.position == 0 else f"queued ({event.position} ahead)")
+        label = f"[{i + 1}/{self.total}] " if self.total > 1 else ""
+        task = self.progress.add_task(f"{label}starting…", total=None)
+
+        def on_attempt(node) -> None:
+            self.progress.update(task, description=f"{label}sending to {node.peer_id[:16]}…", completed=0, total=None)
+
+        def on_accepted(request, node) -> None:
+            self.accepted[request.job_id] = (node.peer_id, node.addr)
+            self.emit({"event": "accepted", "index": i, "jobId": request.job_id, "node": node.peer_id, "addr": node.addr},
+                      f"{label}job {request.job_id} accepted by {node.peer_id}")
+
+        def on_event(event) -> None:
+            if isinstance(event, AcceptedMessage):
+                self.progress.update(task, description=label + ("running" if event.position == 0 else
+                                                                 f"queued ({event.position} ahead)"))
+            else:
+                self.progress.update(task, description=f"{label}generating", completed=event.step, total=event.total)
+
+        return Hooks(on_attempt=on_attempt, on_accepted=on_accepted, on_event=on_event)
+
+    def emit(self, obj: dict, text: str) -> None:
+        if self.as_json:
+            print(json.dumps(obj), flush=True)
+        elif not self.quiet:
+            self.console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+    def done(self, i: int, result, out: Path) -> None:
+        self.accepted.pop(result.request.job_id, None)
+        if self.as_json:
+            print(json.dumps({"event": "done", "index": i, "jobId": result.request.job_id,
+                              "node": result.node.peer_id, "out": str(out), "verified": True}), flush=True)
         else:
-            self.progress.update(self.task, description="generating", completed=event.step, total=event.total)
+            if not self.quiet:
+                from .report import print_report
 
+                print_report(result.report, sys.stderr)
+            print(out, flush=True)
 
-def _write_new(path: Path, data: bytes, overwrite: bool) -> None:
-    import os
+    def failed(self, i: int, error: Exception) -> None:
+        message = error.diagnostics() if hasattr(error, "diagnostics") else str(error)
+        if self.as_json:
+            print(json.dumps({"event": "failed", "index": i, "error": message}), flush=True)
+        elif self.total > 1:
+            print(f"error: job {i + 1}/{self.total}: {message}", file=sys.stderr)
 
-    from ..protocol.errors import UsageError
-
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            os.link(tmp, path)  # fails if path appeared meanwhile: never clobber a file
-            tmp.unlink()
-    except FileExistsError as exc:
-        tmp.unlink(missing_ok=True)
-        raise UsageError(f"{path} exists (use --force to overwrite)") from exc
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise UsageError(f"cannot write {path}: {exc.strerror}") from exc
+    def interrupted_line(self) -> str:
+        if not self.accepted:
+            return "interrupted before any node accepted a job; nothing is left running"
+        fetches = "; ".join(f"pointillist fetch {job_id}" for job_id in self.accepted)
+        return (f"interrupted; {len(self.accepted)} accepted job(s) keep running on their nodes, "
+                f"get the images with: {fetches}")

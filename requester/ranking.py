@@ -11,12 +11,27 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..protocol.capacity import CapacityRecord
+from .transport import NodeAddress
 
 
 @dataclass(frozen=True)
 class Candidate:
     record: CapacityRecord
     estimate_s: float
+
+    @property
+    def peer_id(self) -> str:
+        return self.record.peer_id
+
+    @property
+    def address(self) -> NodeAddress | None:
+        """The record's first address that names its own peer: a record may list addresses of
+        others (a relay, a stale one), and only the node itself is worth dialing for its job."""
+        suffix = "/p2p/" + self.record.peer_id
+        for addr in self.record.addrs:
+            if addr.endswith(suffix):
+                return NodeAddress(self.record.peer_id, addr)
+        return None
 
 
 def estimate_seconds(record: CapacityRecord, steps: int, width: int, height: int, latency_s: float = 0.0) -> float:
@@ -27,6 +42,11 @@ def estimate_seconds(record: CapacityRecord, steps: int, width: int, height: int
     one_job = steps / speed.steps_per_s * pixel_ratio
     queued = max(0, record.queue_size - record.queue_free)
     return one_job * (1 + queued) + latency_s
+
+
+def serving_nodes(records: list[CapacityRecord], model: str, exclude: set[str] = frozenset()) -> int:
+    """How many nodes serve ``model`` and accept jobs at all, with a free slot or not."""
+    return sum(1 for r in records if r.accepting and r.peer_id not in exclude and r.serves(model) is not None)
 
 
 def rank_nodes(

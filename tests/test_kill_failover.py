@@ -11,11 +11,9 @@ import time
 import pytest
 import trio
 
-from pointillist.network.overlay import open_network
-from pointillist.requester.failover import find_candidates, submit_to_best
-from pointillist.requester.ranking import rank_nodes
 from pointillist.protocol.identity import Identity
-from pointillist.protocol.jobs import new_job_request
+from pointillist.protocol.settings import GenerationSettings
+from pointillist.requester import Hooks, JobSpec, Requester
 from support import REPO, NodeHandle
 
 pytestmark = pytest.mark.integration
@@ -72,9 +70,9 @@ async def _one_trial(nodes, requester, kill_point, seed):
             nodes[state["target"]].proc.kill()
             state["killed"] = state["target"]
 
-    def on_attempt(peer_id):
+    def on_attempt(node):
         if state["target"] is None:
-            state["target"] = peer_id
+            state["target"] = node.peer_id
             if kill_point == -2:
                 kill()
 
@@ -86,18 +84,11 @@ async def _one_trial(nodes, requester, kill_point, seed):
         elif isinstance(event, ProgressMessage) and event.step == kill_point:
             kill()
 
-    def make_request(node):
-        return new_job_request(node=node, model="tiny-sd", prompt="kill test", seed=seed, steps=STEPS,
-                               guidance=7.5, width=SIZE, height=SIZE, now=int(time.time()))
-
-    async with open_network(requester, ["/ip4/127.0.0.1/tcp/0"], serve_dht=False) as net:
-        bootstrap = [n.addr for n in nodes.values() if n.info and n.alive()]
-        candidates = await find_candidates(net, bootstrap, "tiny-sd", STEPS, SIZE, SIZE)
-
-        def rerank(failed):
-            return rank_nodes(net.directory.live(net.clock()), "tiny-sd", STEPS, SIZE, SIZE, exclude=failed)
-
-        png, report, request = await submit_to_best(net, requester, candidates, make_request, on_attempt,
-                                                    on_event, rerank=rerank, max_attempts=3)
+    spec = JobSpec("tiny-sd", GenerationSettings(prompt="kill test", negative_prompt="", seed=seed, steps=STEPS,
+                                                 guidance=7.5, width=SIZE, height=SIZE))
+    bootstrap = [n.addr for n in nodes.values() if n.info and n.alive()]
+    async with Requester(requester, bootstrap=bootstrap).open() as session:
+        outcome = await session.submit(spec, Hooks(on_attempt=on_attempt, on_event=on_event))
+    png, report, request = outcome.png, outcome.report, outcome.request
     return {"verified": report.ok, "signed_by": request.node, "killed": state["killed"],
             "first_choice": state["target"]}
