@@ -10,7 +10,8 @@ from typing import Callable
 import trio
 
 from ..protocol.capacity import HEARTBEAT_S, RECORD_TTL_S, CapacityRecord, Device, Speed, encode_record
-from .service import POINTILLIST_VERSION, JobService, ServedModels
+from .service import JobService, ServedModels
+from .version import POINTILLIST_VERSION
 
 log = logging.getLogger("pointillist.node")
 

@@ -2,9 +2,8 @@
 progress, answer with the attested PNG.
 
 Order of checks (cheapest and most security-relevant first, nothing runs before all pass):
-frame size → msgpack → message schema → requester signature → job schema → freshness →
-addressed to this node → requester allowed → model served here → operator limits → not shutting
-down → queue space → not a replay → per-requester rate → remember job id and nonce.
+frame size → msgpack → message schema (here), then the job's own checks in ``admission.py``.
+Refusals are logged at most a few per minute per code (``quiet_log``): a peer cannot flood the log.
 
 A peer can never crash the node: every stream handler ends in a catch-all that logs and resets
 the stream. Every write has a deadline, and a peer that does not read is treated as gone
@@ -25,10 +24,9 @@ from ..attestation.png import embed_provenance
 from ..attestation.sign import attest
 from ..attestation.statement import GenerationRecord, rfc3339_utc
 from ..protocol import framing
-from ..protocol.errors import ErrorCode, FrameError, FrameTooLarge, JobRejected, RemoteError, TransportError, VerificationError
+from ..protocol.errors import ErrorCode, FrameError, FrameTooLarge, JobRejected, TransportError
 from ..protocol.identity import Identity
-from ..protocol.fetch import FETCH_LIFETIME_S, open_fetch
-from ..protocol.jobs import SignedJob, check_fresh, open_job
+from ..protocol.jobs import SignedJob
 from ..protocol.messages import (
     AcceptedMessage,
     ErrorMessage,
@@ -38,16 +36,19 @@ from ..protocol.messages import (
     parse_request,
     to_wire,
 )
+from .admission import Admission
 from .limits import NodeLimits
-from .policy import Policy, RateLimiter
+from .policy import Policy
+from .quiet_log import RateLimitedLog
 from .replay import ReplayCache
 from .results import ResultStore
+from .version import POINTILLIST_VERSION
 
 log = logging.getLogger("pointillist.node")
 
 READ_REQUEST_TIMEOUT_S = 10.0
 WRITE_TIMEOUT_S = 30.0
-POINTILLIST_VERSION = "0.1.0"
+_refusals = RateLimitedLog(log)
 
 
 class GenerationCancelled(Exception):
@@ -107,10 +108,9 @@ class JobService:
         self.models = models
         self.policy = policy or Policy()
         self.limits: NodeLimits = self.policy.limits
-        self.replay = replay or ReplayCache()
+        self.admission = Admission(identity.peer_id, models, self.policy, replay=replay, save_replay=save_replay)
+        self.replay = self.admission.replay
         self.results = results
-        self._save_replay = save_replay or (lambda cache: None)
-        self._rate = RateLimiter(self.policy.requesters.jobs_per_minute, self.policy.requesters.burst)
         self.clock = clock
         self.stats = NodeStats()
         self._make_params = make_params or _default_params
@@ -161,14 +161,15 @@ class JobService:
             message = parse_request(frame)
             if isinstance(message, FetchMessage):
                 return await self._fetch(stream, message)
-            job = self._admit(message.envelope.to_envelope())
+            job = self.admission.admit(message.envelope.to_envelope(), now=self.clock(),
+                                       queue_depth=self._waiting, shutting_down=self.shutting_down)
         except JobRejected as exc:
             return await self._reject(stream, peer, exc)
         except FrameError as exc:
             return await self._reject(stream, peer, JobRejected(ErrorCode.BAD_FRAME, str(exc)))
 
         request = job.request
-        model = self.models.find(request.model)  # already checked in _admit
+        model = self.models.find(request.model)  # already checked in admission
         self._waiting += 1
         self.stats.accepted += 1
         self.on_change()
@@ -193,51 +194,11 @@ class JobService:
         await self._write(stream, ResultMessage(t="result", jobId=request.job_id, png=png))
 
     async def _fetch(self, stream: Any, message: FetchMessage) -> None:
-        try:
-            request, requester = open_fetch(message.envelope.to_envelope())
-        except (VerificationError, RemoteError) as exc:
-            raise JobRejected(ErrorCode.BAD_SIGNATURE, str(exc)) from exc
-        try:
-            check_fresh(request, self.clock(), FETCH_LIFETIME_S)
-        except VerificationError as exc:
-            raise JobRejected(ErrorCode.EXPIRED, f"fetch request: {exc}") from exc
-        if request.node != self.identity.peer_id:
-            raise JobRejected(ErrorCode.WRONG_NODE, f"fetch is addressed to {request.node}")
+        request, requester = self.admission.check_fetch(message.envelope.to_envelope(), now=self.clock())
         stored = self.results.get(request.job_id) if self.results is not None else None
         if stored is None or stored.requester != requester:  # never tell others what exists
             raise JobRejected(ErrorCode.NOT_FOUND, f"no stored result for job {request.job_id} of this requester")
         await self._write(stream, ResultMessage(t="result", jobId=stored.job_id, png=stored.png))
-
-    def _admit(self, envelope: Any) -> SignedJob:
-        """All checks before any work; raises ``JobRejected`` with the code the requester sees."""
-        try:
-            job = open_job(envelope)
-        except VerificationError as exc:
-            raise JobRejected(ErrorCode.BAD_SIGNATURE, str(exc)) from exc
-        except RemoteError as exc:
-            raise JobRejected(ErrorCode.BAD_FRAME, str(exc)) from exc
-        request = job.request
-        now = self.clock()
-        try:
-            check_fresh(request, now)
-        except VerificationError as exc:
-            raise JobRejected(ErrorCode.EXPIRED, str(exc)) from exc
-        if request.node != self.identity.peer_id:
-            raise JobRejected(ErrorCode.WRONG_NODE, f"job is addressed to {request.node}, this is {self.identity.peer_id}")
-        self.policy.requesters.check_identity(job.requester)
-        self.models.find(request.model)
-        self.limits.check(request)
-        if self.shutting_down:
-            raise JobRejected(ErrorCode.BUSY, "node is shutting down")
-        if self._waiting > self.limits.queue_size:
-            raise JobRejected(ErrorCode.BUSY, f"queue full ({self.limits.queue_size} waiting)")
-        # A replay must not cost the real requester a token: anyone holding the image holds the
-        # signed job. Remembered last, so a job refused for load may be retried as it is.
-        self.replay.check_unseen(request.job_id, request.nonce, now)
-        self._rate.take(job.requester, now)
-        self.replay.check_and_remember(request.job_id, request.nonce, request.expires_at, now)
-        self._save_replay(self.replay)
-        return job
 
     async def _run(self, stream: Any, job: SignedJob, model: Model) -> bytes:
         send, receive = trio.open_memory_channel[tuple[int, int]](job.request.steps + 2)
@@ -314,7 +275,7 @@ class JobService:
 
     async def _reject(self, stream: Any, peer: str, exc: JobRejected) -> None:
         self.stats.rejected[exc.code] = self.stats.rejected.get(exc.code, 0) + 1
-        log.info("peer %s: refused (%s): %s", peer, exc.code, exc.message)
+        _refusals.log(logging.INFO, f"refused ({exc.code})", "peer %s: refused (%s): %s", peer, exc.code, exc.message)
         await _send_error(stream, exc)
 
     async def _write(self, stream: Any, message: Any) -> None:
