@@ -4,6 +4,7 @@ Specification: docs/attestation.md. Importing this package never imports torch, 
 transformers, libp2p or trio, so ``pointillist verify`` starts fast.
 """
 
+from .a1111 import a1111_parameters
 from .pixels import PixelSubject, pixel_subject, rgb8_bytes, to_rgb8
 from .png import (
     ATTESTATION_KEYWORD,
@@ -11,7 +12,6 @@ from .png import (
     PARAMETERS_KEYWORD,
     PngContents,
     Provenance,
-    a1111_parameters,
     embed_provenance,
     extract_provenance,
     read_png,

@@ -2,7 +2,8 @@
 
     iTXt  "pointillist.attestation"   the attestation envelope, DSSE JSON (``Envelope.to_json``)
     iTXt  "pointillist.job"           the requester's signed job envelope, DSSE JSON
-    tEXt  "parameters"                A1111-style settings text (iTXt if not Latin-1), unsigned
+    tEXt  "parameters"                A1111-style settings text (iTXt if not Latin-1), unsigned;
+                                      absent when A1111 readers would misread the prompt (a1111.py)
 
 The signatures cover the pixels (see ``pixels``), never the file, so the chunks can be copied,
 reordered or recompressed by other tools. Re-encoding with a tool that drops text chunks (as a
@@ -13,7 +14,6 @@ such. Pure code: bytes in, values or ``VerificationError`` out.
 from __future__ import annotations
 
 import io
-import json
 import struct
 import warnings
 import zlib
@@ -25,8 +25,9 @@ from pointillist.protocol.dsse import Envelope
 from pointillist.protocol.errors import UsageError, VerificationError
 from pointillist.protocol.jobs import JOB_PAYLOAD_TYPE
 
+from .a1111 import a1111_parameters
 from .pixels import pixel_subject, to_rgb8
-from .statement import ATTESTATION_PAYLOAD_TYPE, GenerationRecord, parse_statement
+from .statement import ATTESTATION_PAYLOAD_TYPE, parse_statement
 
 ATTESTATION_KEYWORD = "pointillist.attestation"
 JOB_KEYWORD = "pointillist.job"
@@ -72,31 +73,6 @@ class Provenance:
     parameters: str | None
 
 
-def a1111_parameters(record: GenerationRecord) -> str:
-    """The settings text AUTOMATIC1111's web UI would write for this generation.
-
-    ``<prompt>\\nNegative prompt: <neg>\\nSteps: N, Sampler: S, CFG scale: G, Seed: N, Size: WxH,
-    Model hash: <10 hex>, Model: <name>``; the negative line is left out when empty, and values
-    holding a comma, colon or newline are JSON-quoted, as A1111 does. "Model hash" is the first 10
-    hex digits of the ``pointillist-model-v1`` digest, not A1111's own file hash.
-    """
-    s = record.settings
-    lines = [s.prompt]
-    if s.negative_prompt:
-        lines.append(f"Negative prompt: {s.negative_prompt}")
-    settings = (
-        ("Steps", str(s.steps)),
-        ("Sampler", record.scheduler),
-        ("CFG scale", _number(s.guidance)),
-        ("Seed", str(s.seed)),
-        ("Size", f"{s.width}x{s.height}"),
-        ("Model hash", record.model_digest[:10]),
-        ("Model", record.model_name),
-    )
-    lines.append(", ".join(f"{key}: {_quote(value)}" for key, value in settings))
-    return "\n".join(lines)
-
-
 def embed_provenance(image: Image.Image, attestation: Envelope, job: Envelope | None) -> bytes:
     """PNG bytes of ``image`` (lossless RGB8) with the attestation, the job and the A1111 text.
 
@@ -114,10 +90,10 @@ def embed_provenance(image: Image.Image, attestation: Envelope, job: Envelope | 
         raise UsageError(f"cannot embed this attestation: {exc}") from exc
     if pixel_subject(rgb) != statement.subject:
         raise UsageError("the attestation's subject is not this image's pixels")
-    texts = [
-        (PARAMETERS_KEYWORD, a1111_parameters(statement.record)),
-        (ATTESTATION_KEYWORD, attestation.to_json().decode("ascii")),
-    ]
+    texts = [(ATTESTATION_KEYWORD, attestation.to_json().decode("ascii"))]
+    parameters = a1111_parameters(statement.record)
+    if parameters is not None:  # None: A1111 readers would misread the prompt (a1111.py)
+        texts.insert(0, (PARAMETERS_KEYWORD, parameters))
     if job is not None:
         texts.append((JOB_KEYWORD, job.to_json().decode("ascii")))
     return _encode_png(rgb, texts)
@@ -198,16 +174,6 @@ def _encode_png(rgb: Image.Image, texts: list[tuple[str, str]]) -> bytes:
     out = io.BytesIO()
     rgb.save(out, format="PNG", pnginfo=info)
     return out.getvalue()
-
-
-def _number(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
-
-
-def _quote(value: str) -> str:
-    if "," in value or ":" in value or "\n" in value:
-        return json.dumps(value, ensure_ascii=False)
-    return value
 
 
 # --- reading -------------------------------------------------------------------------------------
@@ -295,8 +261,6 @@ def _envelope_or_none(text: str | None, what: str) -> Envelope | None:
         return Envelope.from_json(text)
     except VerificationError as exc:
         raise VerificationError(f"{what} chunk: {exc}") from exc
-    except RecursionError:  # json.loads on deeply nested arrays; not a ValueError
-        raise VerificationError(f"{what} chunk: envelope JSON is nested too deeply") from None
 
 
 def _one_line(exc: BaseException) -> str:

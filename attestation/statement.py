@@ -120,8 +120,8 @@ def build_statement(record: GenerationRecord, subject: PixelSubject) -> bytes:
 def parse_statement(payload: bytes) -> Statement:
     """Parse statement JSON strictly; raise ``VerificationError`` with a one-line reason.
 
-    Refused: bytes that are not UTF-8, JSON with duplicate keys or NaN/Infinity, lone surrogate
-    escapes, any unknown or missing field, a wrong JSON type (booleans are not numbers; ``guidance``
+    Refused: anything ``loads_strict`` refuses (not UTF-8, duplicate keys, NaN, lone surrogate
+    escapes, too deep), any unknown or missing field, a wrong JSON type (booleans are not numbers; ``guidance``
     may be written 7 or 7.0 but integer fields refuse 7.0), a seed that is not a decimal string
     below 2**64, more or fewer than one subject, a subject size different from the predicate's.
     It checks no signature: nothing it returns is to be trusted before ``Envelope.verify`` passed.
@@ -140,8 +140,6 @@ def _statement_schema(obj: Any) -> Statement:
         raise VerificationError(
             f"predicateType is {_short(obj.get('predicateType'))}, expected {PREDICATE_TYPE!r}"
         )
-    if not _all_strings_encodable(obj):
-        raise VerificationError("statement contains a lone surrogate escape in a string")
     return _to_statement(_statement_model(obj))
 
 
@@ -217,6 +215,10 @@ class _Predicate(_Strict):
     @field_validator("created_at")
     @classmethod
     def _real_date(cls, value: str) -> str:
+        # Leap seconds (second 60) are refused: nodes write POSIX time, which has none, and
+        # 23:59:60 would be a second spelling of the next day's 00:00:00.
+        if value[17:19] in ("60", "61"):
+            raise ValueError("second 60 is a leap second; createdAt is POSIX time and has none")
         try:
             datetime.strptime(value, _CREATED_AT_FORMAT)
         except ValueError as exc:
@@ -271,24 +273,6 @@ def _to_statement(model: _StatementModel) -> Statement:
         created_at=p.created_at,
     )
     return Statement(subject=subject, record=record)
-
-
-def _all_strings_encodable(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.isascii() or _utf8_ok(value)
-    if isinstance(value, dict):
-        return all(_all_strings_encodable(k) and _all_strings_encodable(v) for k, v in value.items())
-    if isinstance(value, list):
-        return all(_all_strings_encodable(v) for v in value)
-    return True
-
-
-def _utf8_ok(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _is_int(value: object) -> bool:

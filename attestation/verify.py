@@ -25,7 +25,8 @@ from pointillist.protocol.errors import RemoteError, UsageError, VerificationErr
 from pointillist.protocol.jobs import JobRequest, open_job
 
 from .pixels import PixelSubject, pixel_subject
-from .png import PngContents, _envelope_or_none, a1111_parameters, read_png
+from .a1111 import a1111_parameters
+from .png import PngContents, _envelope_or_none, read_png
 from .statement import (
     ATTESTATION_PAYLOAD_TYPE,
     MODEL_DIGEST_ALGORITHM,
@@ -213,8 +214,6 @@ def _job_check(job_text: str | None, record: GenerationRecord, signer: str) -> t
         signed = open_job(envelope)
     except (VerificationError, RemoteError) as exc:
         return _check("job binding", False, f"job envelope: {exc}"), None
-    except RecursionError:
-        return _check("job binding", False, "job envelope: payload JSON is nested too deeply"), None
     job = signed.request
     differ = []
     if signed.requester != record.requester:
@@ -238,7 +237,11 @@ def _job_check(job_text: str | None, record: GenerationRecord, signer: str) -> t
 def _parameters_check(parameters: str | None, record: GenerationRecord) -> Check:
     if parameters is None:
         return _check("parameters", None, "no A1111 parameters text")
-    if parameters != a1111_parameters(record):
+    expected = a1111_parameters(record)
+    if expected is None:
+        detail = "A1111 parameters text present, but A1111 readers would misread the signed prompt; nodes write none"
+        return _check("parameters", False, detail)
+    if parameters != expected:
         return _check("parameters", False, "A1111 parameters text was edited: it differs from the signed statement")
     return _check("parameters", True, "A1111 parameters text matches the signed statement")
 

@@ -86,7 +86,16 @@ def sign_envelope(identity: Identity, payload_type: str, payload: bytes) -> Enve
 
 
 def _b64(text: str, what: str) -> bytes:
+    """Standard base64 (RFC 4648 section 4) in its one canonical spelling.
+
+    Python's decoder, like many, ignores non-zero bits in the last character before the padding
+    ("QR==" reads as "QQ==", b"A"); others refuse them. Re-encoding and comparing refuses every
+    other spelling, so all verifiers agree on which envelopes are well-formed.
+    """
     try:
-        return base64.b64decode(text.encode("ascii"), validate=True)
+        raw = base64.b64decode(text.encode("ascii"), validate=True)
     except (binascii.Error, ValueError, UnicodeEncodeError) as exc:
         raise VerificationError(f"envelope {what} is not valid base64") from exc
+    if base64.b64encode(raw).decode("ascii") != text:
+        raise VerificationError(f"envelope {what} is not canonical base64 (padding bits must be zero)")
+    return raw

@@ -158,6 +158,9 @@ BAD_STATEMENTS = [
     ("predicate.model.digest.sha256", "ab" * 32, "predicate.model.digest.sha256"),
     ("predicate.createdAt", "2026-11-22T10:00:00+00:00", "predicate.createdAt"),
     ("predicate.createdAt", "2026-02-30T10:00:00Z", "not a valid date"),
+    ("predicate.createdAt", "2016-12-31T23:59:60Z", "leap second"),
+    ("predicate.createdAt", "2026-11-22T10:00:61Z", "leap second"),
+    ("predicate.createdAt", "0000-01-01T00:00:00Z", "not a valid date"),
     ("predicate.node", "not a peer id!", "predicate.node"),
     ("predicate.job.id", "xyz", "predicate.job.id"),
     ("subject.0.name", "rgb8:016x16", "subject.0.name"),
@@ -345,7 +348,7 @@ def test_public_names() -> None:
     for name in attestation_pkg.__all__:
         assert hasattr(attestation_pkg, name), name
     public = {n for n in vars(attestation_pkg) if not n.startswith("_")}
-    modules = {"pixels", "png", "sign", "statement", "verify"}
+    modules = {"a1111", "pixels", "png", "sign", "statement", "verify"}
     assert public - modules == set(attestation_pkg.__all__)
     assert PixelSubject(1, 2, "00").name == "rgb8:1x2"
 

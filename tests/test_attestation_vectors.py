@@ -12,7 +12,7 @@ import pytest
 
 from pointillist.attestation import extract_provenance, verify_attestation, verify_image
 from pointillist.protocol.dsse import Envelope
-from pointillist.protocol.errors import VerificationError
+from pointillist.protocol.errors import RemoteError, VerificationError
 from pointillist.protocol.jobs import open_job
 from support import load_vector_generator
 
@@ -56,8 +56,12 @@ def test_vector_outcome(vector: dict) -> None:
                 verify_attestation(Envelope.from_json(data), image)
             assert vector["reason"] in str(info.value)
     elif vector["kind"] == "job":
-        assert vector["expect"] == "valid"
-        open_job(Envelope.from_json(data))
+        if vector["expect"] == "valid":
+            open_job(Envelope.from_json(data))
+        else:
+            with pytest.raises((VerificationError, RemoteError)) as info:
+                open_job(Envelope.from_json(data))
+            assert vector["reason"] in str(info.value)
     else:
         pytest.fail(f"unknown vector kind {vector['kind']!r}")
 

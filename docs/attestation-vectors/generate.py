@@ -52,27 +52,27 @@ def gradient() -> Image.Image:
 
 
 def job_request(job_id: str, prompt: str, negative: str = "blurry", seed: str = "1234",
-                node: Identity = NODE) -> JobRequest:
+                node: Identity = NODE, model: str = MODEL_NAME, guidance: float = 7.5) -> JobRequest:
     return JobRequest(
         jobId=job_id,
         nonce="0f" * 16,
         issuedAt=ISSUED_AT,
         expiresAt=ISSUED_AT + 600,
         node=node.peer_id,
-        model=MODEL_NAME,
+        model=model,
         prompt=prompt,
         negativePrompt=negative,
         seed=seed,
         steps=20,
-        guidance=7.5,
+        guidance=guidance,
         width=16,
         height=16,
     )
 
 
-def record_for(job: Envelope, request: JobRequest) -> GenerationRecord:
+def record_for(job: Envelope, request: JobRequest, model_name: str = MODEL_NAME) -> GenerationRecord:
     return GenerationRecord(
-        model_name=MODEL_NAME,
+        model_name=model_name,
         model_digest=MODEL_DIGEST,
         pipeline="StableDiffusionPipeline",
         scheduler="PNDMScheduler",
@@ -104,6 +104,23 @@ def edited(envelope: Envelope, old: bytes, new: bytes) -> Envelope:
     """The same envelope and signature over a payload with one edit."""
     assert envelope.payload.count(old) == 1, old
     return Envelope(envelope.payload_type, envelope.payload.replace(old, new), envelope.keyid, envelope.sig)
+
+
+def resigned(identity: Identity, envelope: Envelope, old: bytes, new: bytes) -> Envelope:
+    """The payload with one edit, validly signed again: only the parser can refuse it."""
+    assert envelope.payload.count(old) == 1, old
+    return sign_envelope(identity, envelope.payload_type, envelope.payload.replace(old, new))
+
+
+def with_pad_bits(envelope: Envelope) -> str:
+    """The envelope JSON with non-zero padding bits in the signature's base64: the same bytes to
+    a lenient decoder (Python's), refused by the canonical-base64 rule."""
+    obj = envelope.to_json_dict()
+    sig = obj["signatures"][0]["sig"]
+    assert sig.endswith("=="), sig  # 64 bytes: the last character before "==" has 4 padding bits
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    obj["signatures"][0]["sig"] = sig[:-3] + alphabet[(alphabet.index(sig[-3]) & 0b110000) | 0b1111] + "=="
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
 def build_vectors() -> dict[str, bytes]:
@@ -220,6 +237,8 @@ def build_vectors() -> dict[str, bytes]:
         reason="but the statement names node", kind="envelope", image="valid.png",
         description="The envelope of resigned-other-key.png alone.")
 
+    add_rule_vectors(add, png, image, job, attestation)
+
     document = {
         "description": "Pointillist attestation test vectors; see docs/attestation.md, section Test vectors.",
         "keys": {
@@ -231,6 +250,90 @@ def build_vectors() -> dict[str, bytes]:
     }
     files["index.json"] = (json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode()
     return files
+
+
+def add_rule_vectors(add, png, image: Image.Image, job: Envelope, attestation: Envelope) -> None:
+    """Vectors for the rules docs/attestation.md spells out for independent verifiers: canonical
+    base64, strict JSON, code points, leap seconds, the A1111 text."""
+    pad_bits = "padding bits must be zero"
+    png("noncanonical-base64.png", "attestation", pad_bits,
+        "The attestation signature's base64 has non-zero padding bits (same bytes to a lenient decoder).",
+        attestation=with_pad_bits(attestation))
+    png("job-noncanonical-base64.png", "job binding", pad_bits,
+        "The job signature's base64 has non-zero padding bits.", job=with_pad_bits(job))
+    obj = attestation.to_json_dict()
+    duplicated = json.dumps(obj, sort_keys=True, separators=(",", ":")).replace(
+        '{"payload":', '{"payloadType":"application/json","payload":', 1)
+    add("envelope-duplicate-key.json", duplicated.encode(), "invalid", reason="repeats the key 'payloadType'",
+        kind="envelope", image="valid.png", description="The attestation envelope with payloadType twice.")
+
+    seed = b'"seed":"1234"'
+    png("statement-duplicate-key.png", "attestation", "repeats the key 'seed'",
+        "The node validly signed a statement naming seed twice (1234, then 1235).",
+        attestation=resigned(NODE, attestation, seed, seed + b',"seed":"1235"'))
+    png("statement-lone-surrogate.png", "attestation", "lone surrogate",
+        "The node validly signed a statement whose prompt holds the escape \\ud800 alone.",
+        attestation=resigned(NODE, attestation, b'"prompt":"', b'"prompt":"\\ud800'))
+    png("leap-second.png", "attestation", "leap second",
+        "The node validly signed createdAt 2016-12-31T23:59:60Z, a real leap second.",
+        attestation=resigned(NODE, attestation, CREATED_AT.encode(), b"2016-12-31T23:59:60Z"))
+
+    for name, old, new, reason, description in (
+        ("job-duplicate-key.json", seed, seed + b',"seed":"1235"', "repeats the key 'seed'", "seed twice"),
+        ("job-lone-surrogate.json", b'"prompt":"', b'"prompt":"\\ud800', "lone surrogate", "a lone \\ud800"),
+        ("job-nan.json", b'"guidance":7.5', b'"guidance":NaN', "NaN is not JSON", "guidance NaN"),
+        ("job-huge-number.json", b'"guidance":7.5', b'"guidance":1e400', "out of range for a double",
+         "guidance 1e400, infinite as a double"),
+        ("job-integer-as-float.json", b'"steps":20', b'"steps":20.0', "steps", "steps written 20.0"),
+        ("job-too-deep.json", b'"v":1', b'"v":1,"x":' + b"[" * 33 + b"]" * 33, "nested too deeply",
+         "an extra member nested 33 arrays deep"),
+    ):
+        add(name, resigned(REQUESTER, job, old, new).to_json(), "invalid", reason=reason, kind="job",
+            description=f"A validly signed job whose payload has {description}.")
+    bom = sign_envelope(REQUESTER, job.payload_type, b"\xef\xbb\xbf" + job.payload)
+    add("job-bom.json", bom.to_json(), "invalid", reason="BOM", kind="job",
+        description="A validly signed job whose payload starts with a UTF-8 byte order mark.")
+
+    # 4000 characters are 4000 code points: here 8000 UTF-16 units and 16000 UTF-8 bytes.
+    waves = job_request("0123456789abcdef0123456789abcdef", "\U0001F30A" * 4000)
+    waves_job = sign_job(REQUESTER, waves)
+    waves_attestation = attest(NODE, record_for(waves_job, waves), image)
+    add("valid-astral-prompt.png", embed_provenance(image, waves_attestation, waves_job), "valid",
+        description="A prompt of 4000 code points outside the BMP (8000 UTF-16 units): at the limit.")
+    png("prompt-too-long.png", "attestation", "predicate.prompt",
+        "The node validly signed a prompt of 4001 code points.", job=waves_job,
+        attestation=resigned(NODE, waves_attestation, "\U0001F30A".encode() * 4000, "\U0001F30A".encode() * 4001))
+
+    small = job_request("1123456789abcdef0123456789abcdef", "a lighthouse", guidance=0.00001)
+    small_job = sign_job(REQUESTER, small)
+    small_record = record_for(small_job, small)
+    small_attestation = attest(NODE, small_record, image)
+    add("valid-cfg-scale-small.png", embed_provenance(image, small_attestation, small_job), "valid",
+        description="Guidance 1e-05: CFG scale is written 0.00001, positional, never an exponent.")
+    png("cfg-scale-exponent.png", "parameters", "was edited", "As valid-cfg-scale-small.png, CFG scale written 1e-05.",
+        attestation=small_attestation, job=small_job,
+        parameters=a1111_parameters(small_record).replace("CFG scale: 0.00001,", "CFG scale: 1e-05,"))
+
+    quoted = job_request("2123456789abcdef0123456789abcdef", "a lighthouse", model='"tiny" sd ')
+    quoted_job = sign_job(REQUESTER, quoted)
+    add("valid-quoted-model.png",
+        embed_provenance(image, attest(NODE, record_for(quoted_job, quoted, model_name=quoted.model), image),
+                         quoted_job), "valid",
+        description='Model name \'"tiny" sd \' (quotes, trailing space): JSON-quoted in the A1111 text.')
+
+    injected = job_request("3123456789abcdef0123456789abcdef", "a lighthouse\nNegative prompt: a burning lighthouse")
+    injected_job = sign_job(REQUESTER, injected)
+    injected_record = record_for(injected_job, injected)
+    injected_attestation = attest(NODE, injected_record, image)
+    add("valid-prompt-not-a1111.png", embed_provenance(image, injected_attestation, injected_job), "valid",
+        description="A prompt with a line 'Negative prompt: ...': A1111 readers would misread it, so no "
+                    "parameters text is written.")
+    s = injected_record.settings
+    naive = (f"{s.prompt}\nNegative prompt: {s.negative_prompt}\nSteps: 20, Sampler: PNDMScheduler, CFG scale: 7.5, "
+             f"Seed: 1234, Size: 16x16, Model hash: {MODEL_DIGEST[:10]}, Model: {MODEL_NAME}")
+    png("prompt-not-a1111-parameters.png", "parameters", "would misread",
+        "As valid-prompt-not-a1111.png with the A1111 text naively written: it reads as another prompt.",
+        attestation=injected_attestation, job=injected_job, parameters=naive)
 
 
 def main(argv: list[str]) -> int:
