@@ -7,6 +7,7 @@ GossipSub's internal heartbeat 1 s (default 120 s), adaptive gossip off (it stre
 heartbeat to 60 s), forwarding rate limit 1000/s (default 10 drops records at 20 nodes), only
 /meshsub/1.1 and 1.0 (1.2's IDONTWANT halves queue capacity); the services start before
 ``host.run()`` and stop after it, which is what avoids the "Nursery is closed" crash at shutdown.
+Kademlia speaks ``/pointillist/kad/1.0.0`` only (``_speak_our_kad_protocol``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,11 @@ from google.protobuf.message import DecodeError
 from libp2p.abc import IHost
 from libp2p.custom_types import TProtocol
 from libp2p.kad_dht import DHTMode, KadDHT
+import libp2p.kad_dht.common
+import libp2p.kad_dht.kad_dht
+import libp2p.kad_dht.peer_routing
+import libp2p.kad_dht.provider_store
+import libp2p.kad_dht.value_store
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 from libp2p.pubsub.gossipsub import PROTOCOL_ID as MESHSUB_V10
@@ -36,15 +42,36 @@ from ..protocol.capacity import CapacityRecord, decode_record
 from ..protocol.errors import FrameError, RemoteError, TransportError, UsageError, find_ours
 from ..protocol.identity import Identity
 from .directory import PeerDirectory
-from .host import build_host, connect, disconnect_all, parse_listen_addr, parse_peer_addr
+from .host import build_host, connect, listening, parse_peer_addr
 
 log = logging.getLogger("pointillist.network")
 
 CAPACITY_TOPIC = "/pointillist/capacity/1"
 RECORDS_PROTOCOL = "/pointillist/records/1.0.0"
 DHT_PREFIX = TProtocol("/pointillist")
+KAD_PROTOCOL = TProtocol(f"{DHT_PREFIX}/kad/1.0.0")  # go-libp2p's rule: <prefix>/kad/1.0.0
 MAX_RECORDS_PER_REPLY = 2000
 PROVIDE_TIMEOUT_S = 15.0
+
+
+def _speak_our_kad_protocol() -> None:
+    """Make py-libp2p's Kademlia serve and dial ``KAD_PROTOCOL`` instead of ``/ipfs/kad/1.0.0``.
+
+    ``KadDHT`` 0.8.1 stores its ``protocol_prefix`` argument and never reads it again: the handler
+    it registers and every stream it opens use the module constant ``PROTOCOL_ID``, imported by
+    name into four modules (and once more, lazily, by the routing table's "does this peer serve
+    Kademlia" check). Left alone, a node would answer, and join, any IPFS DHT it meets. Rebinding
+    the constant in each of those modules is the only switch there is; every DHT in this process
+    is ours. Regression test: tests/test_libp2p_defects.py::test_kademlia_speaks_only_our_protocol.
+    """
+    for module in (libp2p.kad_dht.common, libp2p.kad_dht.kad_dht, libp2p.kad_dht.peer_routing,
+                   libp2p.kad_dht.provider_store, libp2p.kad_dht.value_store):
+        if not hasattr(module, "PROTOCOL_ID"):  # py-libp2p moved it: fail loudly, not on IPFS
+            raise ImportError(f"{module.__name__}.PROTOCOL_ID is gone; revisit _speak_our_kad_protocol")
+        module.PROTOCOL_ID = KAD_PROTOCOL
+
+
+_speak_our_kad_protocol()
 
 
 def model_key(digest: str) -> str:
@@ -228,19 +255,57 @@ class Network:
     # ---- DHT --------------------------------------------------------------------------
 
     async def provide_models(self, digests: list[str]) -> None:
+        """Announce each model digest in the DHT. Failures are logged, never raised: the node
+        still serves and gossips its records, and tries again at the next re-provide."""
         for digest in digests:
-            with trio.move_on_after(PROVIDE_TIMEOUT_S):
-                with contextlib.suppress(Exception):
-                    await self.dht.provide(model_key(digest))
+            problem = await self._provide(digest)
+            if problem is None:
+                continue
+            if self.dht.get_routing_table_size() == 0:  # a lone node: nobody to tell yet
+                log.debug("model %s not announced in the DHT: %s", digest, problem)
+            else:
+                log.warning("model %s not announced in the DHT: %s", digest, problem)
+
+    async def _provide(self, digest: str) -> str | None:
+        """Why announcing ``digest`` failed, or ``None`` if at least one DHT peer took it."""
+        with trio.move_on_after(PROVIDE_TIMEOUT_S):
+            try:
+                accepted = await self.dht.provide(model_key(digest))
+            except Exception as exc:  # py-libp2p raises several unrelated types here
+                return f"{type(exc).__name__}: {exc}"
+            return None if accepted else "no DHT peer accepted the announcement"
+        return f"no DHT peer answered within {PROVIDE_TIMEOUT_S:.0f} s"
 
     async def find_model_providers(self, digest: str, timeout_s: float = 10.0) -> list[PeerInfo]:
-        """Peers announcing ``digest`` in the DHT, de-duplicated (py-libp2p repeats them)."""
-        found: dict[ID, PeerInfo] = {}
+        """Peers announcing ``digest`` in the DHT, de-duplicated (py-libp2p repeats them).
+
+        ``[]`` means the lookup ran and nobody announces the model. ``TransportError`` means the
+        lookup itself failed: no DHT peer to ask, or py-libp2p raised. A lookup still running
+        after ``timeout_s`` returns the providers found so far.
+        """
+        key = model_key(digest)
         with trio.move_on_after(timeout_s):
-            with contextlib.suppress(Exception):
-                for info in await self.dht.find_providers(model_key(digest), count=100):
-                    if info.peer_id != self.host.get_id():
-                        found.setdefault(info.peer_id, info)
+            try:
+                return self._other_providers(await self._find_providers(digest))
+            except TransportError:
+                raise
+            except Exception as exc:  # py-libp2p raises several unrelated types here
+                raise TransportError(f"DHT lookup of {digest} failed: {type(exc).__name__}: {exc}") from exc
+        # Timed out: py-libp2p stores each provider as it learns of it, so none found is lost.
+        return self._other_providers(self.dht.provider_store.get_providers(bytes.fromhex(key)))
+
+    async def _find_providers(self, digest: str) -> list[PeerInfo]:
+        key = model_key(digest)
+        if not self.dht.provider_store.get_providers(bytes.fromhex(key)) and self.dht.get_routing_table_size() == 0:
+            # py-libp2p answers [] here, which would read as "nobody serves it".
+            raise TransportError(f"no DHT peer to ask who serves {digest}")
+        return await self.dht.find_providers(key, count=100)
+
+    def _other_providers(self, infos: list[PeerInfo]) -> list[PeerInfo]:
+        found: dict[ID, PeerInfo] = {}
+        for info in infos:
+            if info.peer_id != self.host.get_id():
+                found.setdefault(info.peer_id, info)
         return list(found.values())
 
 
@@ -279,25 +344,19 @@ async def open_network(
     net = Network(identity, host, pubsub, dht, PeerDirectory(), clock)
     pubsub.set_topic_validator(CAPACITY_TOPIC, net._validate_gossip, is_async_validator=False)
     host.set_stream_handler(TProtocol(RECORDS_PROTOCOL), net._serve_records)
-    addrs = [parse_listen_addr(a) for a in listen]
     try:
         async with contextlib.AsyncExitStack() as stack:
             for service in (pubsub, gossipsub, dht):
                 await stack.enter_async_context(background_trio_service(service))
-            await stack.enter_async_context(host.run(addrs))
+            # ``listening`` closes every connection on the way out, before the services stop.
+            await stack.enter_async_context(listening(host, listen))
             subscription = await pubsub.subscribe(CAPACITY_TOPIC)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(net._read_gossip, subscription)
                 try:
                     yield net
                 finally:
-                    # Disconnect before cancelling: an await in a cancelled scope would raise
-                    # Cancelled here, replace the block's own exception and be absorbed by the
-                    # nursery, turning any error in the block into a silent normal exit.
-                    await disconnect_all(host)
                     nursery.cancel_scope.cancel()
-    except OSError as exc:
-        raise TransportError(f"cannot listen on {', '.join(map(str, addrs))}: {exc.strerror or exc}") from exc
     except BaseExceptionGroup as group:
         ours = find_ours(group)
         if ours is None:
