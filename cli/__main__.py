@@ -1,5 +1,3 @@
-import sys
+from .main import run_and_exit
 
-from .main import main
-
-sys.exit(main())
+run_and_exit()

@@ -54,8 +54,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _fetch(requester, peer: str | None, job_id: str, max_wait: float):
-    from ..requester.transport import NodeAddress
-
     async with requester.open(peer=peer, discover=False) as session:
         node = session.direct.node if session.direct else None
-        return await session.fetch(job_id, node, patience_s=max_wait)
+        def not_ready(where) -> None:
+            print(f"job {job_id} is not finished on {where.peer_id} yet; waiting up to {max_wait:.0f} s",
+                  file=sys.stderr, flush=True)
+
+        return await session.fetch(job_id, node, patience_s=max_wait, on_not_ready=not_ready)

@@ -50,7 +50,12 @@ async def _collect(bootstrap: list[str], wait: float, key: str | None) -> list[d
 
     identity = load_identity(Path(key)) if key else Identity.generate()
     async with Requester(identity, bootstrap=bootstrap, patience_s=30).open() as session:
-        return [{**record.model_dump(by_alias=True), "ageS": round(age, 1)} for record, age in await session.nodes(wait)]
+        def joined(reached: list[str]) -> None:
+            print(f"joined through {len(reached)} peer(s); listening for records for {wait:g} s",
+                  file=sys.stderr, flush=True)
+
+        rows = await session.nodes(wait, on_joined=joined)
+        return [{**record.model_dump(by_alias=True), "ageS": round(age, 1)} for record, age in rows]
 
 
 def _table(rows: list[dict]) -> None:

@@ -230,11 +230,14 @@ class Failover:
                 raise TransportError(f"{exc.diagnostics()}; fetching the result failed too: "
                                      f"{fetch_exc.diagnostics()}") from exc
 
-    async def fetch_when_done(self, node: NodeAddress, job_id: str, patience_s: float) -> bytes:
+    async def fetch_when_done(self, node: NodeAddress, job_id: str, patience_s: float,
+                              on_not_ready: Callable[[], None] | None = None) -> bytes:
         """Fetch a stored result, asking again while the node says ``not-found`` (it may still be
-        generating) for up to ``patience_s``. ``TransportError`` at once if the node is gone."""
+        generating) for up to ``patience_s``. ``TransportError`` at once if the node is gone.
+        ``on_not_ready`` is called once, at the first ``not-found``."""
         deadline = trio.current_time() + patience_s
         pause = 0.5
+        told = False
         while True:
             envelope = sign_fetch(self.identity, job_id, node.peer_id, int(self.wall_clock()))
             try:
@@ -242,6 +245,9 @@ class Failover:
             except JobRejected as exc:
                 if exc.code is not ErrorCode.NOT_FOUND or trio.current_time() + pause > deadline:
                     raise
+            if on_not_ready and not told:
+                told = True
+                on_not_ready()
             await trio.sleep(pause)
             pause = min(4.0, pause * 2)
 

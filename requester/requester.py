@@ -183,7 +183,8 @@ class Session:
 
     # ---- fetch ------------------------------------------------------------------------------
 
-    async def fetch(self, job_id: str, node: NodeAddress | None = None, patience_s: float = 60.0):
+    async def fetch(self, job_id: str, node: NodeAddress | None = None, patience_s: float = 60.0,
+                    on_not_ready: Callable[[NodeAddress], None] | None = None):
         """The verified result of an earlier job: from ``node``, or from the node the journal
         recorded for it; waits (up to ``patience_s``) while the node is still generating."""
         r = self.requester
@@ -193,7 +194,8 @@ class Session:
                 raise UsageError(f"job {job_id} is not in this requester's journal: give --peer <node address>")
             node = NodeAddress(entry.peer_id, entry.addr)
         failover = Failover(self.transport, r.identity, rank=lambda exclude: [])
-        png = await failover.fetch_when_done(node, job_id, patience_s)
+        png = await failover.fetch_when_done(node, job_id, patience_s,
+                                             (lambda: on_not_ready(node)) if on_not_ready else None)
         from ..attestation.verify import verify_image
 
         report = verify_image(png, expect_node=node.peer_id)
@@ -203,14 +205,15 @@ class Session:
 
     # ---- the network ------------------------------------------------------------------------
 
-    async def nodes(self, listen_s: float) -> list[tuple[object, float]]:
+    async def nodes(self, listen_s: float, on_joined: Callable[[list[str]], None] | None = None) -> list[tuple[object, float]]:
         """Live records with their age in seconds, after joining and listening to gossip."""
         d = self.discovery
         if d is None:
             raise UsageError("listing the network needs bootstrap peers, not --peer")
-        if not self._joined:
-            await d.join(self.requester.patience_s)
-            self._joined = True
+        reached = await d.join(self.requester.patience_s)
+        self._joined = True
+        if on_joined:
+            on_joined(reached)
         await trio.sleep(listen_s)
         now = d.net.clock()
         return [(rec, d.net.directory.age(rec.peer_id, now)) for rec in sorted(d.live(), key=lambda rec: rec.peer_id)]
