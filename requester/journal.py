@@ -35,7 +35,8 @@ class Journal:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(asdict(entry), separators=(",", ":")) + "\n")
-            if self.path.stat().st_size > 2 * MAX_ENTRIES * 200:
+            # No line is shorter than 64 bytes: below this size there cannot be too many lines.
+            if self.path.stat().st_size > 2 * MAX_ENTRIES * 64 and len(self._entries()) > 2 * MAX_ENTRIES:
                 self._trim()
         except OSError:
             pass
