@@ -36,7 +36,7 @@ class Journal:
             with open(self.path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(asdict(entry), separators=(",", ":")) + "\n")
             # No line is shorter than 64 bytes: below this size there cannot be too many lines.
-            if self.path.stat().st_size > 2 * MAX_ENTRIES * 64 and len(self._entries()) > 2 * MAX_ENTRIES:
+            if self.path.stat().st_size > 2 * MAX_ENTRIES * 64 and self.path.read_bytes().count(b"\n") > 2 * MAX_ENTRIES:
                 self._trim()
         except OSError:
             pass
