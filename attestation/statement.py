@@ -17,14 +17,13 @@ import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
-
+from pointillist.protocol import schema
 from pointillist.protocol.errors import UsageError, VerificationError
-from pointillist.protocol.fields import Hex128, PeerIdStr, PromptStr, SeedStr, model_schema
-from pointillist.protocol.settings import GenerationSettings
-from pointillist.protocol.signed import parse_signed_json
+from pointillist.protocol.schema import HEX128, HEX256, PEER_ID
+from pointillist.protocol.settings import SETTINGS_MEMBERS, GenerationSettings, settings_from_json
+from pointillist.protocol.signed import SchemaError, parse_signed_json
 
 from .pixels import PixelSubject
 
@@ -39,13 +38,9 @@ LIBRARY_NAMES = ("torch", "diffusers", "transformers", "pointillist")
 #: Statements larger than this are refused before parsing (a real one is a few kB).
 MAX_STATEMENT_BYTES = 256 * 1024
 
-_SUBJECT_NAME = re.compile(r"^rgb8:([1-9][0-9]{0,4})x([1-9][0-9]{0,4})$")
+_SUBJECT_NAME = re.compile(r"rgb8:([1-9][0-9]{0,4})x([1-9][0-9]{0,4})")
+_CREATED_AT = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})Z")
 _CREATED_AT_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
-
-Hex256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
-Name = Annotated[str, StringConstraints(min_length=1, max_length=200)]
-ShortName = Annotated[str, StringConstraints(min_length=1, max_length=100)]
-CreatedAtStr = Annotated[str, StringConstraints(pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z$")]
 
 
 @dataclass(frozen=True)
@@ -140,7 +135,7 @@ def _statement_schema(obj: Any) -> Statement:
         raise VerificationError(
             f"predicateType is {_short(obj.get('predicateType'))}, expected {PREDICATE_TYPE!r}"
         )
-    return _to_statement(_statement_model(obj))
+    return _to_statement(obj)
 
 
 # --- JSON shape ----------------------------------------------------------------------------------
@@ -167,110 +162,82 @@ def _statement_dict(record: GenerationRecord, subject: PixelSubject) -> dict[str
     }
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+def _created_at(value: Any, path: str) -> str:
+    """``YYYY-MM-DDTHH:MM:SSZ``, a real date and time of year 1 to 9999, second 00 to 59."""
+    if type(value) is not str:
+        raise SchemaError(path, "must be a string")
+    match = _CREATED_AT.fullmatch(value)
+    if match is None:
+        raise SchemaError(path, "must be YYYY-MM-DDTHH:MM:SSZ")
+    # Leap seconds (second 60) are refused: nodes write POSIX time, which has none, and
+    # 23:59:60 would be a second spelling of the next day's 00:00:00.
+    if int(match.group(6)) >= 60:
+        raise SchemaError(path, "second 60 is a leap second; createdAt is POSIX time and has none")
+    try:
+        datetime(*(int(g) for g in match.groups()))
+    except ValueError as exc:
+        raise SchemaError(path, f"not a valid date and time: {exc}") from None
+    return value
 
 
-class _ModelDigest(_Strict):
-    pointillist_model_v1: Hex256 = Field(alias=MODEL_DIGEST_ALGORITHM)
+_NAME = schema.string(1, 200)
+_SHORT_NAME = schema.string(1, 100)
+_PREDICATE = schema.members({
+    "model": schema.members({
+        "name": _NAME,
+        "digest": schema.members({MODEL_DIGEST_ALGORITHM: schema.string(pattern=HEX256)}),
+    }),
+    "pipeline": _NAME,
+    "scheduler": _NAME,
+    **SETTINGS_MEMBERS,
+    "dtype": _SHORT_NAME,
+    "device": _SHORT_NAME,
+    "torchThreads": schema.integer(1, 4096),
+    "libraries": schema.members({name: _SHORT_NAME for name in LIBRARY_NAMES}),
+    "job": schema.members({
+        "id": schema.string(pattern=HEX128),
+        "requester": schema.string(pattern=PEER_ID),
+        "requestSha256": schema.string(pattern=HEX256),
+    }),
+    "node": schema.string(pattern=PEER_ID),
+    "createdAt": _created_at,
+})
+_STATEMENT = schema.members({
+    "_type": schema.exactly(STATEMENT_TYPE),
+    "subject": schema.array(schema.members({
+        "name": schema.string(pattern=_SUBJECT_NAME.pattern),
+        "digest": schema.members({"sha256": schema.string(pattern=HEX256)}),
+    }), 1, 1),
+    "predicateType": schema.exactly(PREDICATE_TYPE),
+    "predicate": _PREDICATE,
+})
 
 
-class _Model(_Strict):
-    name: Name
-    digest: _ModelDigest
-
-
-class _Libraries(_Strict):
-    torch: ShortName
-    diffusers: ShortName
-    transformers: ShortName
-    pointillist: ShortName
-
-
-class _Job(_Strict):
-    id: Hex128
-    requester: PeerIdStr
-    request_sha256: Hex256 = Field(alias="requestSha256")
-
-
-class _Predicate(_Strict):
-    model: _Model
-    pipeline: Name
-    scheduler: Name
-    prompt: PromptStr
-    negative_prompt: PromptStr = Field(alias="negativePrompt")
-    seed: SeedStr
-    steps: int = Field(ge=1, le=1000)
-    guidance: float = Field(ge=0.0, le=100.0)
-    width: int = Field(ge=8, le=8192)
-    height: int = Field(ge=8, le=8192)
-    dtype: ShortName
-    device: ShortName
-    torch_threads: int = Field(alias="torchThreads", ge=1, le=4096)
-    libraries: _Libraries
-    job: _Job
-    node: PeerIdStr
-    created_at: CreatedAtStr = Field(alias="createdAt")
-
-    @field_validator("created_at")
-    @classmethod
-    def _real_date(cls, value: str) -> str:
-        # Leap seconds (second 60) are refused: nodes write POSIX time, which has none, and
-        # 23:59:60 would be a second spelling of the next day's 00:00:00.
-        if value[17:19] in ("60", "61"):
-            raise ValueError("second 60 is a leap second; createdAt is POSIX time and has none")
-        try:
-            datetime.strptime(value, _CREATED_AT_FORMAT)
-        except ValueError as exc:
-            raise ValueError(f"not a valid date and time: {exc}") from None
-        return value
-
-
-class _SubjectDigest(_Strict):
-    sha256: Hex256
-
-
-class _Subject(_Strict):
-    name: Annotated[str, StringConstraints(pattern=_SUBJECT_NAME.pattern)]
-    digest: _SubjectDigest
-
-
-class _StatementModel(_Strict):
-    type_: Literal["https://in-toto.io/Statement/v1"] = Field(alias="_type")
-    subject: list[_Subject] = Field(min_length=1, max_length=1)
-    predicate_type: Literal["https://pointillist.dev/attestation/generation/v1"] = Field(alias="predicateType")
-    predicate: _Predicate
-
-
-_statement_model = model_schema(_StatementModel, "statement")
-
-
-def _to_statement(model: _StatementModel) -> Statement:
-    p = model.predicate
-    subject_model = model.subject[0]
-    match = _SUBJECT_NAME.match(subject_model.name)
+def _to_statement(obj: Any) -> Statement:
+    m = _STATEMENT(obj, "")
+    p, s = m["predicate"], m["subject"][0]
+    match = _SUBJECT_NAME.fullmatch(s["name"])
     assert match is not None  # the pattern was validated
-    subject = PixelSubject(int(match.group(1)), int(match.group(2)), subject_model.digest.sha256)
-    if (subject.width, subject.height) != (p.width, p.height):
+    subject = PixelSubject(int(match.group(1)), int(match.group(2)), s["digest"]["sha256"])
+    if (subject.width, subject.height) != (p["width"], p["height"]):
         raise VerificationError(
-            f"statement subject {subject.name} does not match the predicate size {p.width}x{p.height}"
+            f"statement subject {subject.name} does not match the predicate size {p['width']}x{p['height']}"
         )
     record = GenerationRecord(
-        model_name=p.model.name,
-        model_digest=p.model.digest.pointillist_model_v1,
-        pipeline=p.pipeline,
-        scheduler=p.scheduler,
-        settings=GenerationSettings(prompt=p.prompt, negative_prompt=p.negative_prompt, seed=int(p.seed),
-                                    steps=p.steps, guidance=p.guidance, width=p.width, height=p.height),
-        dtype=p.dtype,
-        device=p.device,
-        torch_threads=p.torch_threads,
-        libraries={name: getattr(p.libraries, name) for name in LIBRARY_NAMES},
-        job_id=p.job.id,
-        requester=p.job.requester,
-        request_sha256=p.job.request_sha256,
-        node=p.node,
-        created_at=p.created_at,
+        model_name=p["model"]["name"],
+        model_digest=p["model"]["digest"][MODEL_DIGEST_ALGORITHM],
+        pipeline=p["pipeline"],
+        scheduler=p["scheduler"],
+        settings=settings_from_json(p),
+        dtype=p["dtype"],
+        device=p["device"],
+        torch_threads=p["torchThreads"],
+        libraries=dict(p["libraries"]),
+        job_id=p["job"]["id"],
+        requester=p["job"]["requester"],
+        request_sha256=p["job"]["requestSha256"],
+        node=p["node"],
+        created_at=p["createdAt"],
     )
     return Statement(subject=subject, record=record)
 

@@ -76,7 +76,7 @@ class VerificationReport:
             "ok": self.ok,
             "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in self.checks],
             "statement": self.statement.to_json_dict() if self.statement is not None else None,
-            "job": self.job.model_dump(by_alias=True, mode="json") if self.job is not None else None,
+            "job": self.job.to_json_dict() if self.job is not None else None,
         }
 
 

@@ -91,7 +91,7 @@ class CapacityRecord(_Strict):
         return None
 
 
-_record_schema = model_schema(CapacityRecord, "record")
+_record_schema = model_schema(CapacityRecord)
 
 
 def encode_record(identity: Identity, record: CapacityRecord) -> bytes:

@@ -45,4 +45,4 @@ def open_fetch(envelope: Envelope) -> tuple[FetchRequest, str]:
     return request, envelope.keyid
 
 
-_fetch_schema = model_schema(FetchRequest, "fetch")
+_fetch_schema = model_schema(FetchRequest)

@@ -1,49 +1,44 @@
-"""Field types shared by every schema of signed or peer-sent data (jobs, attestations, records)."""
+"""Pydantic field types and error formatting for the schemas a running node reads from peers
+(fetch requests, capacity records, wire messages). The job and the statement, which an offline
+verifier reads too, use ``schema`` instead, with the same patterns."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Callable, TypeVar
 
-from pydantic import AfterValidator, BaseModel, StringConstraints, ValidationError
+from pydantic import BaseModel, StringConstraints, ValidationError
 
+from .schema import HEX128, PEER_ID
 from .signed import SchemaError
 
 M = TypeVar("M", bound=BaseModel)
 
-
-def _below_2_64(value: str) -> str:
-    if int(value) >= 2**64:
-        raise ValueError("seed must be below 2**64")
-    return value
-
-
 #: 128 random bits in lowercase hex (job ids, nonces).
-Hex128 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
+Hex128 = Annotated[str, StringConstraints(pattern=rf"^{HEX128}$")]
 #: A libp2p peer ID in base58btc; whether it holds an Ed25519 key is checked when verifying.
-PeerIdStr = Annotated[str, StringConstraints(pattern=r"^[1-9A-HJ-NP-Za-km-z]{40,60}$")]
-#: A seed as a decimal string without leading zeros, below 2**64 (torch's generator range).
-#: A string because JSON parsers lose integers above 2**53.
-SeedStr = Annotated[str, StringConstraints(pattern=r"^(0|[1-9][0-9]{0,19})$"), AfterValidator(_below_2_64)]
-#: Prompts and negative prompts.
-PromptStr = Annotated[str, StringConstraints(max_length=4000)]
+PeerIdStr = Annotated[str, StringConstraints(pattern=rf"^{PEER_ID}$")]
 
 
-def first_problem(exc, default_place: str) -> str:
+def first_problem(exc: ValidationError, default_place: str) -> str:
     """``"<field path>: <message>"`` for the first error of a pydantic ``ValidationError``:
     one line for a user or a log, whatever the schema."""
-    first = exc.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or default_place
-    return f"{where}: {first['msg']}"
+    path, message = _first(exc)
+    return f"{path or default_place}: {message}"
 
 
-def model_schema(model: type[M], default_place: str) -> Callable[[Any], M]:
+def model_schema(model: type[M]) -> Callable[[Any], M]:
     """``model.model_validate`` as a schema for ``protocol.signed``: pydantic's errors become one
-    ``SchemaError`` line naming the first problem."""
+    ``SchemaError`` naming the first problem."""
 
     def validate(obj: Any) -> M:
         try:
             return model.model_validate(obj)
         except ValidationError as exc:
-            raise SchemaError(first_problem(exc, default_place)) from None
+            raise SchemaError(*_first(exc)) from None
 
     return validate
+
+
+def _first(exc: ValidationError) -> tuple[str, str]:
+    first = exc.errors()[0]
+    return ".".join(str(p) for p in first["loc"]), first["msg"]

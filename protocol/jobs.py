@@ -13,17 +13,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import secrets
-from typing import Annotated
+from dataclasses import dataclass
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
-
+from . import schema
 from .dsse import Envelope, sign_envelope
 from .errors import RemoteError, UsageError, VerificationError
-from .fields import Hex128, PeerIdStr, PromptStr, SeedStr, first_problem, model_schema
 from .identity import Identity
-from .settings import GenerationSettings
-from .signed import open_signed
+from .settings import SETTINGS_MEMBERS, GenerationSettings
+from .signed import SchemaError, open_signed
 
 JOB_PAYLOAD_TYPE = "application/vnd.pointillist.job.v1+json"
 
@@ -33,27 +31,41 @@ MAX_JOB_LIFETIME_S = 3600
 #: Clock skew tolerated between requester and node.
 MAX_CLOCK_SKEW_S = 120
 
+#: The job payload's members and their rules (docs/attestation.md, section 5): all required.
+_JOB = schema.members({
+    "v": schema.integer(1, 1),
+    "jobId": schema.string(pattern=schema.HEX128),
+    "nonce": schema.string(pattern=schema.HEX128),
+    "issuedAt": schema.integer(0, None),
+    "expiresAt": schema.integer(0, None),
+    "node": schema.string(pattern=schema.PEER_ID),
+    "model": schema.string(1, 200),
+    **SETTINGS_MEMBERS,
+})
 
 
-class JobRequest(BaseModel):
-    """What a requester asks a node to generate. Field names are the JSON names."""
+@dataclass(frozen=True)
+class JobRequest:
+    """What a requester asks a node to generate: the job payload with Python names.
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, strict=True)
+    ``seed`` is the decimal string of the JSON (``settings.seed`` is the int). Build one with
+    ``new_job_request`` or read one with ``open_job``; both check it against the schema.
+    """
 
-    v: int = Field(1, ge=1, le=1)
-    job_id: Hex128 = Field(alias="jobId")
-    nonce: Hex128
-    issued_at: int = Field(alias="issuedAt", ge=0)
-    expires_at: int = Field(alias="expiresAt", ge=0)
-    node: PeerIdStr
-    model: Annotated[str, StringConstraints(min_length=1, max_length=200)]
-    prompt: PromptStr
-    negative_prompt: PromptStr = Field("", alias="negativePrompt")
-    seed: SeedStr  # a string: JSON numbers lose precision past 2**53 in many parsers
-    steps: int = Field(ge=1, le=1000)
-    guidance: float = Field(ge=0.0, le=100.0)
-    width: int = Field(ge=8, le=8192)
-    height: int = Field(ge=8, le=8192)
+    job_id: str
+    nonce: str
+    issued_at: int
+    expires_at: int
+    node: str
+    model: str
+    prompt: str
+    negative_prompt: str
+    seed: str
+    steps: int
+    guidance: float
+    width: int
+    height: int
+    v: int = 1
 
     @property
     def settings(self) -> GenerationSettings:
@@ -62,19 +74,31 @@ class JobRequest(BaseModel):
         return GenerationSettings(prompt=self.prompt, negative_prompt=self.negative_prompt, seed=int(self.seed),
                                   steps=self.steps, guidance=self.guidance, width=self.width, height=self.height)
 
+    def to_json_dict(self) -> dict[str, Any]:
+        return {
+            "v": self.v, "jobId": self.job_id, "nonce": self.nonce, "issuedAt": self.issued_at,
+            "expiresAt": self.expires_at, "node": self.node, "model": self.model, "prompt": self.prompt,
+            "negativePrompt": self.negative_prompt, "seed": self.seed, "steps": self.steps,
+            "guidance": float(self.guidance), "width": self.width, "height": self.height,
+        }
+
     def to_payload(self) -> bytes:
-        return json.dumps(
-            self.model_dump(by_alias=True), sort_keys=True, separators=(",", ":"), ensure_ascii=False
-        ).encode("utf-8")
+        """The canonical JSON a requester signs: sorted keys, no spaces, UTF-8."""
+        return json.dumps(self.to_json_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+    @classmethod
+    def from_json_dict(cls, obj: Any) -> JobRequest:
+        """The job in a parsed payload; ``SchemaError`` names the first member that is wrong."""
+        m = _JOB(obj, "")
+        return cls(job_id=m["jobId"], nonce=m["nonce"], issued_at=m["issuedAt"], expires_at=m["expiresAt"],
+                   node=m["node"], model=m["model"], prompt=m["prompt"], negative_prompt=m["negativePrompt"],
+                   seed=m["seed"], steps=m["steps"], guidance=m["guidance"], width=m["width"], height=m["height"],
+                   v=m["v"])
 
 
-_job_schema = model_schema(JobRequest, "job")
-
-
-class SignedJob(BaseModel):
+@dataclass(frozen=True)
+class SignedJob:
     """A verified job: the request, who signed it, and the envelope as it arrived."""
-
-    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
 
     request: JobRequest
     requester: str
@@ -99,32 +123,21 @@ def new_job_request(
     height: int,
     lifetime_s: int = 600,
 ) -> JobRequest:
-    try:
-        return _new_job_request(node, model, prompt, now, negative_prompt, seed, steps, guidance, width, height, lifetime_s)
-    except ValidationError as exc:
-        raise UsageError(f"invalid {first_problem(exc, 'job')}") from exc
+    """A fresh job (random id and nonce) valid from ``now`` for ``lifetime_s``; ``UsageError``
+    naming the first value the schema refuses."""
+    import secrets  # only requesters make jobs; verifying never needs it
 
-
-def _new_job_request(node, model, prompt, now, negative_prompt, seed, steps, guidance, width, height, lifetime_s):
-    return JobRequest(
-        jobId=secrets.token_hex(16),
-        nonce=secrets.token_hex(16),
-        issuedAt=now,
-        expiresAt=now + lifetime_s,
-        node=node,
-        model=model,
-        prompt=prompt,
-        negativePrompt=negative_prompt,
-        seed=str(seed),
-        steps=steps,
-        guidance=float(guidance),
-        width=width,
-        height=height,
+    request = JobRequest(
+        job_id=secrets.token_hex(16), nonce=secrets.token_hex(16), issued_at=now, expires_at=now + lifetime_s,
+        node=node, model=model, prompt=prompt, negative_prompt=negative_prompt, seed=str(seed), steps=steps,
+        guidance=float(guidance), width=width, height=height,
     )
+    return _checked(request)
 
 
 def sign_job(identity: Identity, request: JobRequest) -> Envelope:
-    return sign_envelope(identity, JOB_PAYLOAD_TYPE, request.to_payload())
+    """The requester's envelope of ``request``; ``UsageError`` if ``open_job`` would refuse it."""
+    return sign_envelope(identity, JOB_PAYLOAD_TYPE, _checked(request).to_payload())
 
 
 def open_job(envelope: Envelope) -> SignedJob:
@@ -133,8 +146,16 @@ def open_job(envelope: Envelope) -> SignedJob:
     Raises ``VerificationError`` (bad signature or type) or ``RemoteError`` (payload not a valid
     job). Freshness is separate (``check_fresh``) because it needs the clock.
     """
-    request = open_signed(envelope, JOB_PAYLOAD_TYPE, _job_schema, what="job", error=RemoteError)
+    request = open_signed(envelope, JOB_PAYLOAD_TYPE, JobRequest.from_json_dict, what="job", error=RemoteError)
     return SignedJob(request=request, requester=envelope.keyid, envelope=envelope)
+
+
+def _checked(request: JobRequest) -> JobRequest:
+    try:
+        _JOB(request.to_json_dict(), "")
+    except SchemaError as exc:
+        raise UsageError(f"invalid job field {exc}") from None
+    return request
 
 
 def check_fresh(request: JobRequest, now: float, max_lifetime_s: int = MAX_JOB_LIFETIME_S) -> None:

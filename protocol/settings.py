@@ -5,8 +5,8 @@ the attestation states them (``GenerationRecord.settings``) and the verifier com
 with the statement's as a whole (``job.settings == record.settings``). A setting added here is
 therefore carried, stated and checked everywhere, or some test fails.
 
-Pure code: no pydantic, no torch. Range checks live with whoever reads untrusted data (the job
-and statement schemas) or spends GPU time (the pipeline); this is only the value.
+``SETTINGS_MEMBERS`` is their JSON schema, the same in the job and in the predicate; the
+pipeline keeps its own checks before spending GPU time. Pure code: no pydantic, no torch.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
+
+from . import schema
 
 
 def _json(name: str) -> Any:
@@ -56,3 +58,22 @@ SETTING_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Genera
 def json_name(name: str) -> str:
     """The JSON member name of the setting ``name`` (``negative_prompt`` -> ``negativePrompt``)."""
     return GenerationSettings.__dataclass_fields__[name].metadata["json"]
+
+
+#: The JSON members of the settings and their rules, by JSON name; the job and the predicate
+#: both include exactly these.
+SETTINGS_MEMBERS: dict[str, schema.Check] = {
+    "prompt": schema.string(max_length=4000),
+    "negativePrompt": schema.string(max_length=4000),
+    "seed": schema.seed,
+    "steps": schema.integer(1, 1000),
+    "guidance": schema.number(0.0, 100.0),
+    "width": schema.integer(8, 8192),
+    "height": schema.integer(8, 8192),
+}
+
+
+def settings_from_json(values: dict[str, Any]) -> GenerationSettings:
+    """The settings among members already checked against ``SETTINGS_MEMBERS``."""
+    fields = {name: values[json_name(name)] for name in SETTING_NAMES}
+    return GenerationSettings(**{**fields, "seed": int(fields["seed"])})

@@ -21,7 +21,13 @@ T = TypeVar("T")
 
 
 class SchemaError(ValueError):
-    """A JSON value breaks a schema; the message is ``"<field path>: <problem>"``, one line."""
+    """A JSON value breaks a schema: ``path`` names the member (``predicate.seed``, ``subject.0``;
+    empty for the whole document), ``problem`` says what is wrong, one line each."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"{path}: {problem}" if path else problem)
+        self.path = path
+        self.problem = problem
 
 
 def parse_signed_json(
@@ -46,7 +52,7 @@ def parse_signed_json(
     try:
         return schema(obj)
     except SchemaError as exc:
-        raise error(f"invalid {what} field {exc}") from None
+        raise error(f"invalid {what} field {exc}" if exc.path else f"invalid {what}: {exc}") from None
 
 
 def open_signed(

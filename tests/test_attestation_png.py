@@ -240,7 +240,7 @@ def test_extract_refuses_what_verify_reports() -> None:
 
 def test_embedding_is_lossless_and_deterministic() -> None:
     image = Image.effect_noise((40, 24), 80).convert("RGB")
-    request = V.job_request("00112233445566778899aabbccddeeff", "noise").model_copy(update={"width": 40, "height": 24})
+    request = dataclasses.replace(V.job_request("00112233445566778899aabbccddeeff", "noise"), width=40, height=24)
     job = sign_job(V.REQUESTER, request)
     envelope = attest(V.NODE, V.record_for(job, request), image)
     png = embed_provenance(image, envelope, job)

@@ -12,7 +12,7 @@ import pytest
 from pointillist.attestation import attest, embed_provenance, parse_statement, verify_image
 from pointillist.protocol.dsse import Envelope, sign_envelope
 from pointillist.protocol.jobs import JOB_PAYLOAD_TYPE, open_job, sign_job
-from pointillist.protocol.settings import SETTING_NAMES, GenerationSettings, json_name
+from pointillist.protocol.settings import SETTING_NAMES, SETTINGS_MEMBERS, GenerationSettings, json_name, settings_from_json
 from support import load_vector_generator
 
 V = load_vector_generator()
@@ -82,6 +82,12 @@ def test_json_names_are_those_of_the_job_and_the_predicate() -> None:
     assert {k: job_json[k] for k in settings_json} == settings_json
     predicate = json.loads(attest(V.NODE, V.record_for(job, request), V.gradient()).payload)["predicate"]
     assert {k: predicate[k] for k in settings_json} == settings_json
+
+
+def test_one_json_schema_for_the_settings_in_job_and_predicate() -> None:
+    assert list(SETTINGS_MEMBERS) == [json_name(n) for n in SETTING_NAMES]
+    job_json = json.loads(signed_job()[0].payload)
+    assert settings_from_json(job_json) == signed_job()[1].settings
 
 
 def test_settings_compare_as_values() -> None:

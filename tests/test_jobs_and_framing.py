@@ -58,6 +58,51 @@ def test_signed_garbage_payload_is_remote_error():
         open_job(env)
 
 
+_MISSING = object()
+BAD_JOBS = [
+    ("v", 2, "v: must be at most 1"),
+    ("v", _MISSING, "v: missing"),
+    ("negativePrompt", _MISSING, "negativePrompt: missing"),  # the spec says every member, always
+    ("extra", 1, "extra: unknown member"),
+    ("jobId", "AB" * 16, "jobId: must match"),
+    ("jobId", "ab" * 16 + "\n", "jobId: must match"),  # patterns match the whole string
+    ("nonce", 1, "nonce: must be a string"),
+    ("issuedAt", -1, "issuedAt: must be at least 0"),
+    ("issuedAt", 1e6, "issuedAt: must be an integer"),
+    ("node", "not a peer id", "node: must match"),
+    ("model", "", "model: must be at least 1 characters"),
+    ("prompt", "x" * 4001, "prompt: must be at most 4000 characters"),
+    ("seed", 7, "seed: must be a string"),
+    ("seed", "07", "seed: must match"),
+    ("seed", str(2**64), "seed: must be below 2**64"),
+    ("steps", True, "steps: must be an integer"),
+    ("steps", 4.0, "steps: must be an integer"),
+    ("guidance", "7.5", "guidance: must be a number"),
+    ("guidance", 101, "guidance: must be between 0 and 100"),
+    ("guidance", 10**400, "guidance: must be between 0 and 100"),  # compared exactly, never overflows
+    ("width", 8193, "width: must be at most 8192"),
+]
+
+
+@pytest.mark.parametrize("member,value,reason", BAD_JOBS, ids=[f"{m}={v!r}"[:30] for m, v, _ in BAD_JOBS])
+def test_job_schema_refuses(member, value, reason):
+    obj = json.loads(make_request().to_payload())
+    if value is _MISSING:
+        del obj[member]
+    else:
+        obj[member] = value
+    env = sign_envelope(REQUESTER, JOB_PAYLOAD_TYPE, json.dumps(obj).encode())
+    with pytest.raises(RemoteError) as info:
+        open_job(env)
+    assert str(info.value).startswith(f"invalid job field {reason}")
+
+
+def test_guidance_may_be_written_as_an_integer():
+    obj = {**json.loads(make_request().to_payload()), "guidance": 7}
+    job = open_job(sign_envelope(REQUESTER, JOB_PAYLOAD_TYPE, json.dumps(obj).encode()))
+    assert type(job.request.guidance) is float and job.request.settings.guidance == 7.0
+
+
 def test_freshness():
     request = make_request(now=1000, lifetime_s=600)
     check_fresh(request, 1000)

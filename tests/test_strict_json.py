@@ -103,8 +103,10 @@ def test_every_envelope_we_write_reads_back(payload: bytes) -> None:
 
 
 def schema(obj):
-    if not isinstance(obj, dict) or set(obj) != {"n"}:
-        raise SchemaError("thing: exactly n")
+    if not isinstance(obj, dict):
+        raise SchemaError("", "must be an object")
+    if set(obj) != {"n"}:
+        raise SchemaError("n", "the only member")
     return obj["n"]
 
 
@@ -112,7 +114,8 @@ def schema(obj):
 def test_parse_signed_json_raises_the_callers_error(error) -> None:
     assert parse_signed_json(b'{"n":1}', schema, what="thing", error=error) == 1
     for data, reason in ((b'{"n":1,"n":2}', "thing: JSON repeats the key 'n'"),
-                         (b'{"m":1}', "invalid thing field thing: exactly n"),
+                         (b'{"m":1}', "invalid thing field n: the only member"),
+                         (b'[1]', "invalid thing: must be an object"),
                          (b'{"n":"' + b"x" * 100 + b'"}', "thing is larger than 50 bytes")):
         with pytest.raises(error) as info:
             parse_signed_json(data, schema, what="thing", error=error, max_bytes=50)

@@ -54,14 +54,14 @@ def gradient() -> Image.Image:
 def job_request(job_id: str, prompt: str, negative: str = "blurry", seed: str = "1234",
                 node: Identity = NODE, model: str = MODEL_NAME, guidance: float = 7.5) -> JobRequest:
     return JobRequest(
-        jobId=job_id,
+        job_id=job_id,
         nonce="0f" * 16,
-        issuedAt=ISSUED_AT,
-        expiresAt=ISSUED_AT + 600,
+        issued_at=ISSUED_AT,
+        expires_at=ISSUED_AT + 600,
         node=node.peer_id,
         model=model,
         prompt=prompt,
-        negativePrompt=negative,
+        negative_prompt=negative,
         seed=seed,
         steps=20,
         guidance=guidance,
