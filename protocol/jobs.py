@@ -31,13 +31,17 @@ MAX_JOB_LIFETIME_S = 3600
 #: Clock skew tolerated between requester and node.
 MAX_CLOCK_SKEW_S = 120
 
+#: Largest Unix time a job may name: every integer member is bounded, so verifiers whose JSON
+#: parsers stop at 64-bit integers agree with ours.
+MAX_TIME = 2**63 - 1
+
 #: The job payload's members and their rules (docs/attestation.md, section 5): all required.
 _JOB = schema.members({
     "v": schema.integer(1, 1),
     "jobId": schema.string(pattern=schema.HEX128),
     "nonce": schema.string(pattern=schema.HEX128),
-    "issuedAt": schema.integer(0, None),
-    "expiresAt": schema.integer(0, None),
+    "issuedAt": schema.integer(0, MAX_TIME),
+    "expiresAt": schema.integer(0, MAX_TIME),
     "node": schema.string(pattern=schema.PEER_ID),
     "model": schema.string(1, 200),
     **SETTINGS_MEMBERS,

@@ -45,16 +45,15 @@ def string(min_length: int = 0, max_length: int | None = None, pattern: str | No
     return check
 
 
-def integer(ge: int, le: int | None) -> Check:
-    """A JSON integer (no fraction, no exponent, not a boolean) in ``[ge, le]``; ``le=None``: no
-    upper bound."""
+def integer(ge: int, le: int) -> Check:
+    """A JSON integer (no fraction, no exponent, not a boolean) in ``[ge, le]``."""
 
     def check(value: Any, path: str) -> int:
         if type(value) is not int:
             raise SchemaError(path, "must be an integer")
         if value < ge:
             raise SchemaError(path, f"must be at least {ge}")
-        if le is not None and value > le:
+        if value > le:
             raise SchemaError(path, f"must be at most {le}")
         return value
 

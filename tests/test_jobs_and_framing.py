@@ -69,6 +69,7 @@ BAD_JOBS = [
     ("nonce", 1, "nonce: must be a string"),
     ("issuedAt", -1, "issuedAt: must be at least 0"),
     ("issuedAt", 1e6, "issuedAt: must be an integer"),
+    ("expiresAt", 2**63, "expiresAt: must be at most"),
     ("node", "not a peer id", "node: must match"),
     ("model", "", "model: must be at least 1 characters"),
     ("prompt", "x" * 4001, "prompt: must be at most 4000 characters"),
