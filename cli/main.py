@@ -32,7 +32,10 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``command``, only that subcommand's module is imported to add its
+    arguments (the others are listed by name): each module costs start-up time, and
+    ``verify`` must start fast."""
     parser = _Parser(
         prog="pointillist",
         description="Peer-to-peer image generation with signed, verifiable provenance.",
@@ -41,9 +44,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        _module(module).add_arguments(p)
+        if command in (None, name):
+            _module(module).add_arguments(p)
         p.set_defaults(_module=module)
     return parser
+
+
+def _command_in(argv: list[str]) -> str | None:
+    """The subcommand ``argv`` names (its first word that is one), or None."""
+    return next((word for word in argv if word in COMMANDS), None)
 
 
 def _module(name: str):
@@ -94,8 +103,8 @@ def attach_dashed_values(argv: list[str]) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     from ..protocol.errors import PointillistError, find_ours
 
-    parser = build_parser()
-    args = parser.parse_args(attach_dashed_values(sys.argv[1:] if argv is None else list(argv)))
+    words = attach_dashed_values(sys.argv[1:] if argv is None else list(argv))
+    args = build_parser(_command_in(words) or "").parse_args(words)
     configure_logging(verbose=args.verbose, serving=args.command == "node")
     try:
         return int(_module(args._module).run(args) or 0)
