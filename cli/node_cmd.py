@@ -36,7 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import trio
 
-    from ..network.host import DEFAULT_LISTEN, parse_listen_addr, parse_peer_addr
+    from ..network.host import DEFAULT_LISTEN, ensure_listen_addr_free, parse_listen_addr, parse_peer_addr
     from ..node.runner import NodeConfig, load_node, serve
     from ..node.policy import load_policy
     from ..protocol.errors import UsageError
@@ -46,8 +46,8 @@ def run(args: argparse.Namespace) -> int:
     config = load_config()
     listen = args.listen or config.listen or [DEFAULT_LISTEN]
     bootstrap = args.bootstrap or config.bootstrap
-    for addr in listen:
-        parse_listen_addr(addr)  # fail on a typo before spending seconds loading models
+    for addr in listen:  # a typo or a busy port fails now, not after seconds of loading models
+        ensure_listen_addr_free(parse_listen_addr(addr))
     for addr in bootstrap:
         parse_peer_addr(addr)
     identity, _ = load_or_create_identity(args.key or default_key_path())

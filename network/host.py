@@ -28,7 +28,7 @@ from libp2p.security.noise.exceptions import PeerIDMismatchesPubkey
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 
-from ..protocol.errors import TransportError, UsageError, find_ours
+from ..protocol.errors import TransportError, UsageError, find_ours, one_line
 from ..protocol.identity import Identity
 
 log = logging.getLogger("pointillist.network")
@@ -264,13 +264,29 @@ async def connect(host: IHost, peer: PeerInfo, timeout_s: float = DIAL_TIMEOUT_S
     except trio.TooSlowError as exc:
         raise TransportError(f"peer {peer.peer_id} did not answer within {timeout_s:.0f} s") from exc
     except Exception as exc:
-        if not (isinstance(exc, OSError) or type(exc).__module__.startswith("libp2p")):
+        if not is_libp2p_failure(exc):
             raise
         where = ", ".join(str(a) for a in peer.addrs) or "no known address"
         actual = _peer_met_instead(exc)
         if actual is not None:
             raise TransportError(f"the peer at {where} is {actual}, not {peer.peer_id}") from exc
         raise TransportError(f"cannot reach peer {peer.peer_id} at {where}") from exc
+
+
+async def open_stream(host: IHost, peer_id: Any, protocol: str) -> Any:
+    """A new stream to a connected peer; libp2p's failures (negotiation refused, connection
+    gone, muxer errors) become one ``TransportError`` naming the peer and protocol."""
+    try:
+        return await host.new_stream(peer_id, [protocol])
+    except Exception as exc:
+        if not is_libp2p_failure(exc):
+            raise
+        raise TransportError(f"cannot open {protocol} to {peer_id}: {type(exc).__name__}: {one_line(exc, 200)}") from exc
+
+
+def is_libp2p_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is the network failing (libp2p's own errors, sockets), not a bug of ours."""
+    return isinstance(exc, OSError) or (type(exc).__module__ or "").startswith("libp2p")
 
 
 _MISMATCH_ID = re.compile(r"remote_peer_id_from_pubkey=(\w+)")

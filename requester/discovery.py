@@ -115,7 +115,7 @@ class Discovery:
         try:
             providers = await self.net.find_model_providers(digest)
         except TransportError as exc:
-            self.dht_problem = f"the DHT lookup failed: {exc.diagnostics()}"
+            self.dht_problem = exc.diagnostics()
             log.info("DHT lookup of %s failed: %s", digest, exc)
             return
         for info in providers:

@@ -11,7 +11,7 @@ from typing import Any
 import trio
 from libp2p.abc import IHost
 
-from ..network.host import connect, parse_peer_addr
+from ..network.host import connect, open_stream, parse_peer_addr
 from ..protocol import framing
 from ..protocol.dsse import Envelope
 from ..protocol.errors import FrameError, JobRejected, RemoteError, TransportError
@@ -52,7 +52,7 @@ class Libp2pTransport:
         try:
             with trio.fail_after(deadline_s):
                 await connect(self.host, peer)
-                stream = await _open_stream(self.host, peer)
+                stream = await open_stream(self.host, peer.peer_id, JOB_PROTOCOL)
                 try:
                     await framing.write_frame(stream, to_wire(message), framing.MAX_REQUEST_FRAME)
                     return await _follow(stream, job_id, on_event)
@@ -88,11 +88,3 @@ async def _follow(stream: Any, job_id: str, on_event: OnEvent | None) -> bytes:
         if on_event is not None:
             on_event(message)
 
-
-async def _open_stream(host: IHost, peer: Any) -> Any:
-    try:
-        return await host.new_stream(peer.peer_id, [JOB_PROTOCOL])
-    except Exception as exc:
-        if isinstance(exc, OSError) or type(exc).__module__.startswith("libp2p"):
-            raise TransportError(f"cannot open a job stream to {peer.peer_id}: {exc}") from exc
-        raise
