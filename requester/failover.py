@@ -68,7 +68,12 @@ class NoNodeSucceeded(PointillistError):
 
     def __init__(self, attempts: list["Attempt"], why: str = "") -> None:
         self.attempts = attempts
-        lines = "; ".join(f"{a.peer_id[:20]}…: {a.detail}" for a in attempts)
+        # Busy rounds repeat the same answer from the same node: say it once, with a count.
+        counts: dict[tuple[str, str], int] = {}
+        for a in attempts:
+            counts[(a.peer_id, a.detail)] = counts.get((a.peer_id, a.detail), 0) + 1
+        lines = "; ".join(f"{peer[:20]}…: {detail}" + (f" (×{n})" if n > 1 else "")
+                          for (peer, detail), n in counts.items())
         summary = f"no node completed the job ({len(attempts)} attempt(s))"
         super().__init__(": ".join(part for part in (summary, why, lines) if part))
 
@@ -225,32 +230,36 @@ class Failover:
                      request.job_id, exc)
             patience = max(5.0, 2 * estimate_s) if math.isfinite(estimate_s) else 30.0
             try:
-                return await self.fetch_when_done(node, request.job_id, patience), "fetched"
+                png = await fetch_when_done(self.transport, self.identity, node, request.job_id, patience,
+                                            wall_clock=self.wall_clock)
+                return png, "fetched"
             except (TransportError, JobRejected, RemoteError) as fetch_exc:
                 raise TransportError(f"{exc.diagnostics()}; fetching the result failed too: "
                                      f"{fetch_exc.diagnostics()}") from exc
 
-    async def fetch_when_done(self, node: NodeAddress, job_id: str, patience_s: float,
-                              on_not_ready: Callable[[], None] | None = None) -> bytes:
-        """Fetch a stored result, asking again while the node says ``not-found`` (it may still be
-        generating) for up to ``patience_s``. ``TransportError`` at once if the node is gone.
-        ``on_not_ready`` is called once, at the first ``not-found``."""
-        deadline = trio.current_time() + patience_s
-        pause = 0.5
-        told = False
-        while True:
-            envelope = sign_fetch(self.identity, job_id, node.peer_id, int(self.wall_clock()))
-            try:
-                return await self.transport.fetch(node, envelope, job_id, timeout_s=max(1.0, deadline - trio.current_time()))
-            except JobRejected as exc:
-                if exc.code is not ErrorCode.NOT_FOUND or trio.current_time() + pause > deadline:
-                    raise
-            if on_not_ready and not told:
-                told = True
-                on_not_ready()
-            await trio.sleep(pause)
-            pause = min(4.0, pause * 2)
-
     def _avoid(self, peer_id: str) -> None:
         if self.backoff is not None:
             self.backoff.failed(peer_id, self.wall_clock())
+
+
+async def fetch_when_done(transport: NodeTransport, identity: Identity, node: NodeAddress, job_id: str,
+                          patience_s: float, *, wall_clock: Callable[[], float] = time.time,
+                          on_not_ready: Callable[[], None] | None = None) -> bytes:
+    """Fetch a stored result, asking again while the node says ``not-found`` (it may still be
+    generating) for up to ``patience_s``; ``TransportError`` at once if the node is gone.
+    ``on_not_ready`` is called once, at the first ``not-found``. Checking the PNG is the caller's."""
+    deadline = trio.current_time() + patience_s
+    pause = 0.5
+    told = False
+    while True:
+        envelope = sign_fetch(identity, job_id, node.peer_id, int(wall_clock()))
+        try:
+            return await transport.fetch(node, envelope, job_id, timeout_s=max(1.0, deadline - trio.current_time()))
+        except JobRejected as exc:
+            if exc.code is not ErrorCode.NOT_FOUND or trio.current_time() + pause > deadline:
+                raise
+        if on_not_ready and not told:
+            told = True
+            on_not_ready()
+        await trio.sleep(pause)
+        pause = min(4.0, pause * 2)

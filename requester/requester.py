@@ -28,7 +28,7 @@ from ..protocol.identity import Identity
 from ..protocol.jobs import JobRequest, new_job_request
 from ..protocol.settings import GenerationSettings
 from .backoff import PeerBackoff
-from .failover import PATIENCE_S, Failover, Hooks, Outcome, verify_result
+from .failover import PATIENCE_S, Failover, Hooks, Outcome, fetch_when_done, verify_result
 from .journal import Journal, JournalEntry
 from .ranking import Candidate
 from .transport import NodeAddress, NodeTransport
@@ -193,9 +193,8 @@ class Session:
             if entry is None:
                 raise UsageError(f"job {job_id} is not in this requester's journal: give --peer <node address>")
             node = NodeAddress(entry.peer_id, entry.addr)
-        failover = Failover(self.transport, r.identity, rank=lambda exclude: [])
-        png = await failover.fetch_when_done(node, job_id, patience_s,
-                                             (lambda: on_not_ready(node)) if on_not_ready else None)
+        png = await fetch_when_done(self.transport, r.identity, node, job_id, patience_s,
+                                    on_not_ready=(lambda: on_not_ready(node)) if on_not_ready else None)
         from ..attestation.verify import verify_image
 
         report = verify_image(png, expect_node=node.peer_id)

@@ -66,6 +66,7 @@ async def test_busy_forever_gives_up_at_the_patience_deadline_listing_attempts(a
         await failover(a, patience_s=60).run(make_request)
     assert 50 <= trio.current_time() - start <= 60
     assert "no node had a free slot within 60 s" in str(e.value) and "busy" in str(e.value)
+    assert len(e.value.attempts) > 5 and str(e.value).count("scripted busy") == 1  # one line, counted
 
 
 async def test_node_that_dies_mid_job_is_avoided_and_the_job_runs_elsewhere():
