@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import trio
+from bench_children import wait_json
 
 ECHO_PROTOCOL = "/pointillist/bench-echo/1.0.0"
 
@@ -157,17 +158,6 @@ async def echo_server(ready: Path) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for _ in signals:
                 break
-
-
-def wait_json(path: Path, proc: subprocess.Popen, timeout: float = 240) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists():
-            return json.loads(path.read_text())
-        if proc.poll() is not None:
-            raise SystemExit(f"child exited {proc.returncode}; see {path.parent}")
-        time.sleep(0.1)
-    raise SystemExit(f"child not ready; see {path.parent}")
 
 
 def report(args, direct, e2e, rt, png_bytes) -> None:

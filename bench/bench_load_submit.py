@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_children import wait_json
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -90,16 +92,8 @@ def _start_node(home: Path, policy: Path, extra: list[str]) -> subprocess.Popen:
     return proc
 
 
-def _ready(proc: subprocess.Popen, timeout_s: float = 240) -> dict:
-    path = proc.home / "ready.json"  # type: ignore[attr-defined]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if path.exists():
-            return json.loads(path.read_text())
-        if proc.poll() is not None:
-            raise SystemExit(f"node exited {proc.returncode}; see {path.parent}/node.log")
-        time.sleep(0.2)
-    raise SystemExit(f"node not ready; see {path.parent}/node.log")
+def _ready(proc: subprocess.Popen) -> dict:
+    return wait_json(proc.home / "ready.json", proc)  # type: ignore[attr-defined]
 
 
 def _reason(stderr: str) -> str:

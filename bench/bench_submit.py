@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_children import wait_json
+
 ECHO_PROTOCOL = "/pointillist/bench-echo/1.0.0"
 HERE = Path(__file__).resolve()
 
@@ -55,8 +57,8 @@ def main() -> None:
     echo = subprocess.Popen([sys.executable, str(HERE), "--echo-server", str(tmp / "echo.json")], env=env,
                             stdout=subprocess.DEVNULL, stderr=open(tmp / "echo.log", "wb"))
     try:
-        node_info = _wait_json(tmp / "node.json", node)
-        echo_info = _wait_json(tmp / "echo.json", echo)
+        node_info = wait_json(tmp / "node.json", node)
+        echo_info = wait_json(tmp / "echo.json", echo)
         results = _measure(args, env, tmp, node_info["addrs"][0], echo_info["addrs"][0])
     finally:
         for p in (node, echo):
@@ -99,17 +101,6 @@ def _report(args, bare, single, eight, png_bytes) -> None:
     print(f"submit -n 8, per image          median {e * 1000:7.0f} ms  (min {min(eight) * 1000:.0f})")
     print(f"ratio submit / bare client              {s / b:7.2f}   (goal <= 1.3)")
     print(f"ratio submit -n 8 per image / submit    {e / s:7.2f}")
-
-
-def _wait_json(path: Path, proc: subprocess.Popen, timeout: float = 240) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists():
-            return json.loads(path.read_text())
-        if proc.poll() is not None:
-            raise SystemExit(f"child exited {proc.returncode}; see {path.parent}")
-        time.sleep(0.1)
-    raise SystemExit(f"child not ready; see {path.parent}")
 
 
 # ---- the two helper processes -------------------------------------------------------------------
