@@ -112,7 +112,8 @@ class Session:
         self.transport = transport
         self.discovery = discovery
         self.direct = direct
-        self._joined = False
+        self._reached: list[str] | None = None  # bootstrap peers reached, once joined
+        self._join_lock = trio.Lock()  # jobs of one submit_all join once, not each on its own
         state = requester.state_dir
         # One backoff per session: jobs running side by side share what they learn of nodes.
         self.backoff = PeerBackoff.load(state / "peer-backoff.json") if state else PeerBackoff()
@@ -160,9 +161,7 @@ class Session:
             return (lambda exclude: [] if direct.peer_id in exclude else [direct],
                     lambda exclude: 0 if direct.peer_id in exclude else 1, spec)
         d = self.discovery
-        if not self._joined:
-            await d.join(self.requester.patience_s)
-            self._joined = True
+        await self._join()
         spec = dataclasses.replace(spec, model=d.resolve_model(spec.model))
         if not await d.wait_for_model(spec.model):
             hint = f"; {d.dht_problem}" if d.dht_problem else ""
@@ -209,8 +208,7 @@ class Session:
         d = self.discovery
         if d is None:
             raise UsageError("listing the network needs bootstrap peers, not --peer")
-        reached = await d.join(self.requester.patience_s)
-        self._joined = True
+        reached = await self._join()
         if on_joined:
             on_joined(reached)
         await trio.sleep(listen_s)
@@ -218,6 +216,13 @@ class Session:
         return [(rec, d.net.directory.age(rec.peer_id, now)) for rec in sorted(d.live(), key=lambda rec: rec.peer_id)]
 
     # ---- helpers ----------------------------------------------------------------------------
+
+    async def _join(self) -> list[str]:
+        """Join through the bootstrap peers once per session; the peers reached."""
+        async with self._join_lock:
+            if self._reached is None:
+                self._reached = await self.discovery.join(self.requester.patience_s)
+            return self._reached
 
     def _journaled(self, hooks: Hooks) -> Hooks:
         journal = self.requester.journal
