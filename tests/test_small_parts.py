@@ -71,3 +71,13 @@ def test_the_advertised_version_is_the_installed_package_version():
     from pointillist.node.version import POINTILLIST_VERSION
 
     assert POINTILLIST_VERSION == version("pointillist")
+
+
+def test_importing_the_requester_package_loads_neither_libp2p_nor_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, pointillist.requester; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'libp2p', 'torch', 'diffusers'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
