@@ -37,6 +37,7 @@ from ..protocol.messages import (
     to_wire,
 )
 from .admission import Admission
+from .events import EventBus, JobAccepted, JobFinished, JobProgress, JobStarted, RequestRefused
 from .limits import NodeLimits
 from .policy import Policy
 from .quiet_log import RateLimitedLog
@@ -119,6 +120,8 @@ class JobService:
         self._shutting_down = threading.Event()
         #: called (no arguments) whenever the queue changes, to re-advertise capacity
         self.on_change: Callable[[], None] = lambda: None
+        #: what happens here, for the live view, logs, metrics and ``node status``
+        self.events = EventBus()
 
     @property
     def queue_depth(self) -> int:
@@ -173,25 +176,50 @@ class JobService:
         self._waiting += 1
         self.stats.accepted += 1
         self.on_change()
+        accepted = JobAccepted(request.job_id, job.requester, peer, request.model, request.steps, self._waiting - 1)
+        self.events.emit(accepted)
+        started = generated_at = None
         try:
             log.info("job %s from %s accepted (%d ahead)", request.job_id, job.requester, self._waiting - 1)
             await self._write(stream, AcceptedMessage(t="accepted", jobId=request.job_id, position=self._waiting - 1))
             async with self._gpu:
+                started = time.monotonic()
+                self.events.emit(JobStarted(request.job_id, request.steps))
                 png = await self._run(stream, job, model)
+                generated_at = time.monotonic()
         except JobRejected as exc:
-            return await self._reject(stream, peer, exc)
+            self._finished(accepted, started, generated_at, exc.code)
+            return await self._reject(stream, peer, exc, counted=False)
+        except BaseException:
+            self._finished(accepted, started, generated_at, ErrorCode.INTERNAL, delivered=False)
+            raise
         finally:
             self._waiting -= 1
             self.on_change()
         self.stats.completed += 1
         log.info("job %s done (%d bytes)", request.job_id, len(png))
-        if self.results is not None:
-            # Kept before sending: if the requester is gone, it can fetch the result later.
-            try:
-                await trio.to_thread.run_sync(self.results.put, request.job_id, job.requester, png)
-            except OSError as exc:  # a full disk must not cost the requester its image
-                log.warning("job %s: result not stored (%s); sending it anyway", request.job_id, exc)
-        await self._write(stream, ResultMessage(t="result", jobId=request.job_id, png=png))
+        delivered = False
+        try:
+            if self.results is not None:
+                # Kept before sending: if the requester is gone, it can fetch the result later.
+                try:
+                    await trio.to_thread.run_sync(self.results.put, request.job_id, job.requester, png)
+                except OSError as exc:  # a full disk must not cost the requester its image
+                    log.warning("job %s: result not stored (%s); sending it anyway", request.job_id, exc)
+            await self._write(stream, ResultMessage(t="result", jobId=request.job_id, png=png))
+            delivered = True
+        finally:
+            self._finished(accepted, started, generated_at, None, len(png), delivered)
+
+    def _finished(self, accepted: JobAccepted, started: float | None, generated_at: float | None,
+                  code: ErrorCode | None, png_bytes: int = 0, delivered: bool = True) -> None:
+        now = time.monotonic()
+        started = started or now
+        generated_at = generated_at or now
+        self.events.emit(JobFinished(
+            accepted.job_id, accepted.requester, accepted.peer, code, queue_s=started - accepted.at,
+            generation_s=generated_at - started, delivery_s=now - generated_at,
+            steps=accepted.steps, png_bytes=png_bytes, delivered=delivered))
 
     async def _fetch(self, stream: Any, message: FetchMessage) -> None:
         request, requester = self.admission.check_fetch(message.envelope.to_envelope(), now=self.clock())
@@ -221,6 +249,7 @@ class JobService:
             deliverable = True
             async with receive:
                 async for step, total in receive:
+                    self.events.emit(JobProgress(job.request.job_id, step, total))
                     if deliverable:
                         try:
                             await self._write(stream, ProgressMessage(t="progress", step=step, total=total))
@@ -273,8 +302,12 @@ class JobService:
         envelope = attest(self.identity, record, generated.image)
         return embed_provenance(generated.image, envelope, job.envelope)
 
-    async def _reject(self, stream: Any, peer: str, exc: JobRejected) -> None:
-        self.stats.rejected[exc.code] = self.stats.rejected.get(exc.code, 0) + 1
+    async def _reject(self, stream: Any, peer: str, exc: JobRejected, counted: bool = True) -> None:
+        """Answer with ``exc``'s code. ``counted``: a refusal before any work (an event and a
+        stat); a job that failed after acceptance was reported as finished already."""
+        if counted:
+            self.stats.rejected[exc.code] = self.stats.rejected.get(exc.code, 0) + 1
+            self.events.emit(RequestRefused(peer, exc.code, exc.message))
         _refusals.log(logging.INFO, f"refused ({exc.code})", "peer %s: refused (%s): %s", peer, exc.code, exc.message)
         await _send_error(stream, exc)
 

@@ -217,3 +217,26 @@ async def test_an_admitted_job_is_accepted_run_and_answered_with_a_verifying_ima
     assert kinds[0] == "accepted" and kinds[-1] == "result" and "progress" in kinds
     report = verify_image(replies[-1]["png"], expect_node=NODE.peer_id)
     assert report.ok and report.job == request
+
+
+async def test_the_service_reports_each_job_and_refusal_as_events():
+    from pointillist.node.events import JobAccepted, JobFinished, JobProgress, JobStarted, RequestRefused
+
+    service = JobService(NODE, ServedModels([FakeModel()]), clock=lambda: NOW, make_params=lambda j: j.request.settings)
+    seen = []
+    service.events.subscribe(seen.append)
+    for raw in (framing.encode_frame(to_wire(JobMessage(t="job", envelope=WireEnvelope.from_envelope(
+            sign_job(REQUESTER, job(now=NOW)))))), b"\x00\x00\x00\x03abc"):
+        ours, theirs = trio.testing.memory_stream_pair()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(service.handle_stream, MemoryStream(theirs))
+            await ours.send_all(raw)
+            stream = MemoryStream(ours)
+            while (await framing.read_frame(stream, framing.MAX_REPLY_FRAME))["t"] not in ("result", "error"):
+                pass
+    kinds = [type(e) for e in seen]
+    assert kinds[:2] == [JobAccepted, JobStarted] and JobProgress in kinds
+    finished = next(e for e in seen if isinstance(e, JobFinished))
+    assert finished.ok and finished.delivered and finished.steps == 4 and finished.png_bytes > 0
+    assert min(finished.queue_s, finished.generation_s, finished.delivery_s) >= 0
+    assert isinstance(seen[-1], RequestRefused) and seen[-1].code is ErrorCode.BAD_FRAME
