@@ -1,4 +1,5 @@
-"""``pointillist node start``: serve jobs on this machine's GPU (or CPU)."""
+"""``pointillist node start``: serve jobs on this machine's GPU (or CPU); ``node init``: write
+the operator's config files."""
 
 from __future__ import annotations
 
@@ -31,9 +32,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     start.add_argument("--ready-file", type=Path, help="write peer ID and addresses as JSON here once serving")
     start.add_argument("--heartbeat", type=float, help=argparse.SUPPRESS)  # tests: seconds between records
     start.add_argument("--record-ttl", type=int, help=argparse.SUPPRESS)  # tests: record lifetime
+    init = sub.add_parser("init", help="write a commented config.toml and policy.toml to edit")
+    init.add_argument("--dir", type=Path, help="where to write them (default: the config directory)")
+    init.add_argument("--force", action="store_true", help="overwrite existing files")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.node_command == "init":
+        return _init(args)
     import trio
 
     from ..network.host import DEFAULT_LISTEN, ensure_listen_addr_free, parse_listen_addr, parse_peer_addr
@@ -81,4 +87,13 @@ def run(args: argparse.Namespace) -> int:
 
     trio.run(serve, node_config, node, on_ready)
     print("node stopped", file=sys.stderr)
+    return 0
+
+
+def _init(args: argparse.Namespace) -> int:
+    from ..protocol.keyfile import config_dir
+    from .node_init import write_files
+
+    for path in write_files(args.dir or config_dir(), args.force):
+        print(path)
     return 0

@@ -1,11 +1,14 @@
 """The operator's policy: limits on jobs, who may submit, how often, and how long results are kept.
 
 Read from ``policy.toml`` (``--policy FILE``, default ``policy.toml`` in the config directory if it
-exists); every key is optional and unknown keys are refused::
+exists; ``pointillist node init`` writes one with every key); every key is optional and unknown
+keys are refused::
 
     [limits]            # per job; see NodeLimits for defaults
     max_steps = 150
+    min_side = 64
     max_side = 2048
+    side_multiple = 8
     max_pixels = 1048576
     max_prompt_chars = 2000
     min_guidance = 0.0
