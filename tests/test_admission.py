@@ -240,3 +240,36 @@ async def test_the_service_reports_each_job_and_refusal_as_events():
     assert finished.ok and finished.delivered and finished.steps == 4 and finished.png_bytes > 0
     assert min(finished.queue_s, finished.generation_s, finished.delivery_s) >= 0
     assert isinstance(seen[-1], RequestRefused) and seen[-1].code is ErrorCode.BAD_FRAME
+
+
+async def test_progress_is_sent_at_a_bounded_rate_and_always_reaches_the_last_step():
+    import time as clock
+
+    from pointillist.node import service as service_module
+
+    class SlowModel(FakeModel):
+        def generate(self, settings, on_step=None):
+            from PIL import Image
+
+            for k in range(1, 201):
+                clock.sleep(0.005)  # 200 steps in about a second
+                on_step(k, 200)
+            return FakeGeneration(Image.new("RGB", (settings.width, settings.height)))
+
+    service = JobService(NODE, ServedModels([SlowModel()]), clock=lambda: NOW, make_params=lambda j: j.request.settings)
+    frame = framing.encode_frame(to_wire(JobMessage(t="job", envelope=WireEnvelope.from_envelope(
+        sign_job(REQUESTER, job(now=NOW, steps=50))))))
+    ours, theirs = trio.testing.memory_stream_pair()
+    replies = []
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(service.handle_stream, MemoryStream(theirs))
+        await ours.send_all(frame)
+        stream = MemoryStream(ours)
+        while not replies or replies[-1]["t"] not in ("result", "error"):
+            replies.append(await framing.read_frame(stream, framing.MAX_REPLY_FRAME))
+    elapsed = trio.current_time() - start
+    steps = [r["step"] for r in replies if r["t"] == "progress"]
+    assert replies[-1]["t"] == "result" and steps[0] == 0 and steps[-1] == 200
+    assert steps == sorted(steps)
+    assert len(steps) <= 2 + elapsed / service_module.PROGRESS_INTERVAL_S + 1, (len(steps), elapsed)

@@ -19,7 +19,7 @@ from support import REPO, NodeHandle
 pytestmark = pytest.mark.integration
 TRIALS = int(os.environ.get("POINTILLIST_KILL_TRIALS", "20"))
 FAST = ["--heartbeat", "1", "--record-ttl", "5"]
-STEPS, SIZE = 8, 128
+STEPS, SIZE = 12, 192  # long enough (~1 s) for sampled progress frames to fall mid-job
 
 
 def test_killed_nodes_jobs_finish_elsewhere(tmp_path):
@@ -55,15 +55,19 @@ def test_killed_nodes_jobs_finish_elsewhere(tmp_path):
         (REPO / "docs" / "results" / "kill-test.json").write_text(json.dumps(outcomes, indent=1))
     assert len(outcomes) == TRIALS
     assert all(o["killed"] is not None for o in outcomes), outcomes  # every trial killed its node
-    assert all(o["verified"] and o["signed_by"] != o["killed"] for o in outcomes), outcomes
+    assert all(o["verified"] for o in outcomes), outcomes
+    # A node killed while still generating cannot have signed the image; one killed after its last
+    # step may have sent the finished image first, and then its image is the one that verified.
+    assert all(o["signed_by"] != o["killed"] for o in outcomes if not o["after_last_step"]), outcomes
+    assert sum(not o["after_last_step"] for o in outcomes) >= len(outcomes) // 2, outcomes  # mostly mid-job kills
 
 
 async def _one_trial(nodes, requester, kill_point, seed):
     """``kill_point``: -2 kill as the attempt starts, -1 once the node accepted, k >= 0 once the
-    node reported step k (k < STEPS: the image is still being made)."""
+    node reported step k or later (progress is sampled, so the first frame at or past k)."""
     from pointillist.protocol.messages import AcceptedMessage, ProgressMessage
 
-    state = {"target": None, "killed": None}
+    state = {"target": None, "killed": None, "after_last_step": False}
 
     def kill():
         if state["killed"] is None:
@@ -81,7 +85,9 @@ async def _one_trial(nodes, requester, kill_point, seed):
             return
         if isinstance(event, AcceptedMessage) and kill_point == -1:
             kill()
-        elif isinstance(event, ProgressMessage) and event.step == kill_point:
+        elif isinstance(event, ProgressMessage) and event.step >= kill_point:  # frames skip steps (≤ 5/s)
+            # The last step's frame comes right before the result, which may already be on its way.
+            state["after_last_step"] = event.step == event.total
             kill()
 
     spec = JobSpec("tiny-sd", GenerationSettings(prompt="kill test", negative_prompt="", seed=seed, steps=STEPS,
@@ -91,4 +97,5 @@ async def _one_trial(nodes, requester, kill_point, seed):
         outcome = await session.submit(spec, Hooks(on_attempt=on_attempt, on_event=on_event))
     png, report, request = outcome.png, outcome.report, outcome.request
     return {"verified": report.ok, "signed_by": request.node, "killed": state["killed"],
+            "after_last_step": state["after_last_step"],
             "first_choice": state["target"]}
