@@ -29,6 +29,7 @@ from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 
 from ..protocol.errors import TransportError, UsageError, find_ours, one_line
+from ..protocol.framing import is_transport_failure
 from ..protocol.identity import Identity
 
 log = logging.getLogger("pointillist.network")
@@ -264,7 +265,7 @@ async def connect(host: IHost, peer: PeerInfo, timeout_s: float = DIAL_TIMEOUT_S
     except trio.TooSlowError as exc:
         raise TransportError(f"peer {peer.peer_id} did not answer within {timeout_s:.0f} s") from exc
     except Exception as exc:
-        if not is_libp2p_failure(exc):
+        if not is_transport_failure(exc):
             raise
         where = ", ".join(str(a) for a in peer.addrs) or "no known address"
         actual = _peer_met_instead(exc)
@@ -279,14 +280,9 @@ async def open_stream(host: IHost, peer_id: Any, protocol: str) -> Any:
     try:
         return await host.new_stream(peer_id, [protocol])
     except Exception as exc:
-        if not is_libp2p_failure(exc):
+        if not is_transport_failure(exc):
             raise
         raise TransportError(f"cannot open {protocol} to {peer_id}: {type(exc).__name__}: {one_line(exc, 200)}") from exc
-
-
-def is_libp2p_failure(exc: BaseException) -> bool:
-    """Whether ``exc`` is the network failing (libp2p's own errors, sockets), not a bug of ours."""
-    return isinstance(exc, OSError) or (type(exc).__module__ or "").startswith("libp2p")
 
 
 _MISMATCH_ID = re.compile(r"remote_peer_id_from_pubkey=(\w+)")

@@ -42,7 +42,7 @@ from ..protocol.capacity import CapacityRecord, decode_record
 from ..protocol.errors import FrameError, RemoteError, TransportError, UsageError, find_ours
 from ..protocol.identity import Identity
 from .directory import PeerDirectory
-from .host import build_host, connect, is_libp2p_failure, listening, open_stream, parse_peer_addr
+from .host import build_host, connect, listening, open_stream, parse_peer_addr
 
 log = logging.getLogger("pointillist.network")
 
@@ -195,7 +195,7 @@ class Network:
         except FrameError as exc:
             raise RemoteError(f"peer {peer_id} sent a bad records frame: {exc}") from exc
         except Exception as exc:
-            if is_libp2p_failure(exc):
+            if framing.is_transport_failure(exc):
                 raise TransportError(f"records from {peer_id}: {type(exc).__name__}") from exc
             raise
         rtt = time.perf_counter() - start

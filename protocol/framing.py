@@ -77,7 +77,7 @@ async def read_exact(stream: ByteStream, n: int) -> bytes:
         except EOFError as exc:
             raise TransportError("stream closed in the middle of a frame") from exc
         except Exception as exc:  # libp2p stream errors: reset, closed, connection gone
-            if _is_transport_failure(exc):
+            if is_transport_failure(exc):
                 raise TransportError(f"stream failed while reading: {type(exc).__name__}") from exc
             raise
         if not chunk:
@@ -97,12 +97,13 @@ async def write_frame(stream: ByteStream, message: dict[str, Any], max_size: int
     try:
         await stream.write(data)
     except Exception as exc:
-        if _is_transport_failure(exc):
+        if is_transport_failure(exc):
             raise TransportError(f"stream failed while writing: {type(exc).__name__}") from exc
         raise
 
 
-def _is_transport_failure(exc: BaseException) -> bool:
-    # Checked by class name and module so this pure module need not import libp2p.
+def is_transport_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is the network failing (libp2p's errors, sockets, EOF), not a bug of ours.
+    Checked by module name so that this pure module need not import libp2p."""
     module = type(exc).__module__ or ""
     return module.startswith("libp2p") or isinstance(exc, (OSError, EOFError))
