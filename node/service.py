@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 import trio
@@ -86,14 +85,6 @@ class ServedModels:
         raise JobRejected(ErrorCode.UNKNOWN_MODEL, f"model {ref[:80]!r} is not served here; served: {served}")
 
 
-@dataclass
-class NodeStats:
-    accepted: int = 0
-    completed: int = 0
-    rejected: dict[str, int] = field(default_factory=dict)
-    failed: int = 0
-
-
 class JobService:
     def __init__(
         self,
@@ -115,7 +106,6 @@ class JobService:
         self.replay = self.admission.replay
         self.results = results
         self.clock = clock
-        self.stats = NodeStats()
         self._make_params = make_params or _default_params
         self._gpu = trio.Lock()  # one generation at a time on this device
         self._waiting = 0  # jobs admitted and not yet finished (running one included)
@@ -176,7 +166,6 @@ class JobService:
         request = job.request
         model = self.models.find(request.model)  # already checked in admission
         self._waiting += 1
-        self.stats.accepted += 1
         self.on_change()
         accepted = JobAccepted(request.job_id, job.requester, peer, request.model, request.steps, self._waiting - 1)
         self.events.emit(accepted)
@@ -191,14 +180,13 @@ class JobService:
                 generated_at = time.monotonic()
         except JobRejected as exc:
             self._finished(accepted, started, generated_at, exc.code)
-            return await self._reject(stream, peer, exc, counted=False)
+            return await self._reject(stream, peer, exc, reported=True)
         except BaseException:
             self._finished(accepted, started, generated_at, ErrorCode.INTERNAL, delivered=False)
             raise
         finally:
             self._waiting -= 1
             self.on_change()
-        self.stats.completed += 1
         log.info("job %s done (%d bytes)", request.job_id, len(png))
         delivered = False
         try:
@@ -283,7 +271,6 @@ class JobService:
             except JobRejected as exc:
                 failure = exc
             except Exception as exc:
-                self.stats.failed += 1
                 log.exception("job %s failed in the pipeline", job.request.job_id)
                 failure = JobRejected(ErrorCode.INTERNAL, f"generation failed: {type(exc).__name__}: {exc}"[:300])
             finally:
@@ -313,11 +300,10 @@ class JobService:
         envelope = attest(self.identity, record, generated.image)
         return embed_provenance(generated.image, envelope, job.envelope)
 
-    async def _reject(self, stream: Any, peer: str, exc: JobRejected, counted: bool = True) -> None:
-        """Answer with ``exc``'s code. ``counted``: a refusal before any work (an event and a
-        stat); a job that failed after acceptance was reported as finished already."""
-        if counted:
-            self.stats.rejected[exc.code] = self.stats.rejected.get(exc.code, 0) + 1
+    async def _reject(self, stream: Any, peer: str, exc: JobRejected, reported: bool = False) -> None:
+        """Answer with ``exc``'s code. A refusal before any work is reported here as a
+        ``RequestRefused`` event; ``reported`` says the job already was (as finished, failed)."""
+        if not reported:
             self.events.emit(RequestRefused(peer, exc.code, exc.message))
         _refusals.log(logging.INFO, f"refused ({exc.code})", "peer %s: refused (%s): %s", peer, exc.code, exc.message)
         await _send_error(stream, exc)

@@ -13,6 +13,7 @@ import logging
 
 import trio
 
+from ..attestation.verify import MIN_DIGEST_PREFIX  # the shortest prefix any command accepts
 from ..network.host import connect, parse_peer_addr
 from ..protocol.errors import RemoteError, TransportError, UsageError
 from .ranking import Candidate, rank_nodes, serving_nodes
@@ -23,8 +24,6 @@ log = logging.getLogger("pointillist.requester")
 PROBE_TOP = 3
 #: How long to listen to gossip for a node serving the model when none is known yet.
 GOSSIP_WAIT_S = 6.0
-#: Shortest digest prefix a user may type for ``--model`` (what ``peers`` shows is longer).
-MIN_DIGEST_PREFIX = 10
 _HEX = frozenset("0123456789abcdef")
 
 

@@ -49,6 +49,7 @@ from ..protocol.errors import (
 from ..protocol.fetch import sign_fetch
 from ..protocol.identity import Identity
 from ..protocol.jobs import JobRequest, sign_job
+from ..protocol.messages import AcceptedMessage
 from .backoff import PeerBackoff
 from .ranking import Candidate
 from .transport import NodeAddress, NodeTransport, OnEvent, job_deadline_s
@@ -210,8 +211,6 @@ class Failover:
 
         def on_event(event) -> None:
             nonlocal accepted
-            from ..protocol.messages import AcceptedMessage
-
             if isinstance(event, AcceptedMessage) and not accepted:
                 accepted = True
                 if hooks.on_accepted:
