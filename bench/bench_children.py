@@ -20,3 +20,21 @@ def wait_json(path: Path, proc: subprocess.Popen, timeout: float = 240) -> dict:
             raise SystemExit(f"child exited {proc.returncode}; see {path.parent}")
         time.sleep(0.1)
     raise SystemExit(f"child not ready; see {path.parent}")
+
+
+async def serve_until_signalled(protocol: str, handler, ready: Path) -> None:
+    """A libp2p host with one stream handler that writes its addresses to ``ready`` and serves
+    until SIGTERM or SIGINT: the echo peer the benches time round trips against."""
+    import signal
+
+    import trio
+
+    from pointillist.network.host import full_addrs, running_host
+    from pointillist.protocol.identity import Identity
+
+    async with running_host(Identity.generate()) as host:
+        host.set_stream_handler(protocol, handler)
+        ready.write_text(json.dumps({"addrs": full_addrs(host)}))
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for _ in signals:
+                break

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 import trio
-from bench_children import wait_json
+from bench_children import serve_until_signalled, wait_json
 
 ECHO_PROTOCOL = "/pointillist/bench-echo/1.0.0"
 
@@ -143,21 +143,14 @@ async def measure(args, node: dict, echo: dict, generate):
 
 
 async def echo_server(ready: Path) -> None:
-    from pointillist.network.host import full_addrs, running_host
     from pointillist.protocol import framing
-    from pointillist.protocol.identity import Identity
 
     async def handler(stream):
         request = await framing.read_frame(stream, framing.MAX_REQUEST_FRAME * 4)
         await framing.write_frame(stream, {"blob": os.urandom(request["reply_bytes"])})
         await stream.close()
 
-    async with running_host(Identity.generate()) as host:
-        host.set_stream_handler(ECHO_PROTOCOL, handler)
-        ready.write_text(json.dumps({"addrs": full_addrs(host)}))
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async for _ in signals:
-                break
+    await serve_until_signalled(ECHO_PROTOCOL, handler, ready)
 
 
 def report(args, direct, e2e, rt, png_bytes) -> None:

@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_children import wait_json
+from bench_children import serve_until_signalled, wait_json
 
 ECHO_PROTOCOL = "/pointillist/bench-echo/1.0.0"
 HERE = Path(__file__).resolve()
@@ -109,9 +109,6 @@ def _report(args, bare, single, eight, png_bytes) -> None:
 def _run_echo_server(ready: Path) -> None:
     import trio
 
-    from pointillist.network.host import full_addrs, running_host
-    from pointillist.protocol.identity import Identity
-
     async def handler(stream):
         header = await stream.read(8)  # request length, reply length
         want, reply = int.from_bytes(header[:4], "big"), int.from_bytes(header[4:], "big")
@@ -120,15 +117,7 @@ def _run_echo_server(ready: Path) -> None:
         await stream.write(os.urandom(reply))
         await stream.close()
 
-    async def serve():
-        async with running_host(Identity.generate()) as host:
-            host.set_stream_handler(ECHO_PROTOCOL, handler)
-            ready.write_text(json.dumps({"addrs": full_addrs(host)}))
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async for _ in signals:
-                    break
-
-    trio.run(serve)
+    trio.run(serve_until_signalled, ECHO_PROTOCOL, handler, ready)
 
 
 def _run_bare_client(addr: str, reply_bytes: int) -> None:
