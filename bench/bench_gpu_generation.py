@@ -322,19 +322,18 @@ def swap(res, sd15, sdxl, params, xl_params, ref15, refxl, swaps: int, sync, dev
 
     sdxl.pipe.to("cpu")
     to_xl, to_15, first_xl, first_15, same = [], [], [], [], []
+
+    def swap_in(resident, incoming, job, ref, swap_times, first_times) -> None:
+        dt_out, _ = timed(lambda: resident.pipe.to("cpu"), sync)
+        dt_in, _ = timed(lambda: incoming.pipe.to(device), sync)
+        swap_times.append(dt_out + dt_in)
+        dt, im = timed(lambda: incoming.generate(job).image, sync)
+        first_times.append(dt)
+        same.append(np.array_equal(np.asarray(im), ref))
+
     for _ in range(swaps):
-        dt_out, _ = timed(lambda: sd15.pipe.to("cpu"), sync)
-        dt_in, _ = timed(lambda: sdxl.pipe.to(device), sync)
-        to_xl.append(dt_out + dt_in)
-        dt, im = timed(lambda: sdxl.generate(xl_params).image, sync)
-        first_xl.append(dt)
-        same.append(np.array_equal(np.asarray(im), refxl))
-        dt_out, _ = timed(lambda: sdxl.pipe.to("cpu"), sync)
-        dt_in, _ = timed(lambda: sd15.pipe.to(device), sync)
-        to_15.append(dt_out + dt_in)
-        dt, im = timed(lambda: sd15.generate(params).image, sync)
-        first_15.append(dt)
-        same.append(np.array_equal(np.asarray(im), ref15))
+        swap_in(sd15, sdxl, xl_params, refxl, to_xl, first_xl)
+        swap_in(sdxl, sd15, params, ref15, to_15, first_15)
     res["swap"] = {
         "sd15_to_sdxl_s": to_xl, "sdxl_to_sd15_s": to_15,
         "first_job_after_swap_sdxl_s": first_xl, "first_job_after_swap_sd15_s": first_15,
