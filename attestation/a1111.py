@@ -30,7 +30,8 @@ def a1111_parameters(record: GenerationRecord) -> str | None:
     its prompts faithfully (see ``prompt_is_representable``); nodes then write no text.
 
     ``<prompt>\\nNegative prompt: <neg>\\nSteps: N, Sampler: S, CFG scale: G, Seed: N, Size: WxH,
-    Model hash: <10 hex>, Model: <name>``; the negative line is left out when empty. "Model hash"
+    Model hash: <10 hex>, Model: <name>``; the negative line is left out when empty. ``Sampler``
+    is the A1111 sampler name of a version 2 statement, the scheduler class of a version 1 one. "Model hash"
     is the first 10 hex digits of the ``pointillist-model-v1`` digest, not A1111's file hash.
     """
     s = record.settings
@@ -41,7 +42,8 @@ def a1111_parameters(record: GenerationRecord) -> str | None:
         lines.append(f"{NEGATIVE_PREFIX} {s.negative_prompt}")
     settings = (
         ("Steps", str(s.steps)),
-        ("Sampler", quote(record.scheduler)),
+        # v2: the A1111 sampler name the job asked for; v1: the scheduler class, as always written.
+        ("Sampler", quote(record.scheduler if s.sampler is None else s.sampler)),
         ("CFG scale", cfg_scale(s.guidance)),
         ("Seed", str(s.seed)),
         ("Size", f"{s.width}x{s.height}"),

@@ -6,6 +6,12 @@ every signed byte string, which is what keeps an attestation signature from ever
 job, a Noise handshake or a pubsub message signed by the same libp2p key; no extra prefix is
 added, so stock DSSE / in-toto verifiers can check our attestations.
 
+Two predicate types are written and read: ``PREDICATE_TYPE`` (generation/v1) for a job without a
+sampler (format version 1: the model's own scheduler, named by class), ``PREDICATE_TYPE_V2``
+(generation/v2) for a job naming one: it adds the sampler's A1111 name and the scheduler's
+config, everything that was passed to ``from_config``. The version follows the settings:
+``settings.sampler is None`` is version 1.
+
 Pure code: ``build_statement`` turns values into canonical JSON bytes, ``parse_statement`` turns
 untrusted bytes into values or raises ``VerificationError`` with a one-line reason.
 """
@@ -22,7 +28,12 @@ from typing import Any
 from pointillist.protocol import schema
 from pointillist.protocol.errors import UsageError, VerificationError
 from pointillist.protocol.schema import HEX128, HEX256, PEER_ID
-from pointillist.protocol.settings import SETTINGS_MEMBERS, GenerationSettings, settings_from_json
+from pointillist.protocol.settings import (
+    SETTINGS_MEMBERS,
+    SETTINGS_MEMBERS_V2,
+    GenerationSettings,
+    settings_from_json,
+)
 from pointillist.protocol.signed import SchemaError, parse_signed_json
 
 from .pixels import PixelSubject
@@ -30,6 +41,12 @@ from .pixels import PixelSubject
 ATTESTATION_PAYLOAD_TYPE = "application/vnd.in-toto+json"
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://pointillist.dev/attestation/generation/v1"
+PREDICATE_TYPE_V2 = "https://pointillist.dev/attestation/generation/v2"
+PREDICATE_TYPES = (PREDICATE_TYPE, PREDICATE_TYPE_V2)
+#: Limits of ``schedulerConfig`` (predicate v2): members, characters of a string, array items.
+MAX_CONFIG_MEMBERS = 100
+MAX_CONFIG_STRING = 200
+MAX_CONFIG_ARRAY = 2000
 #: The digest algorithm name of a model, defined in docs/model-digest.md.
 MODEL_DIGEST_ALGORITHM = "pointillist-model-v1"
 #: The library versions a predicate records, no more and no fewer.
@@ -52,6 +69,10 @@ class GenerationRecord:
     ``pointillist-model-v1`` digest. ``created_at`` is RFC 3339 UTC to the second
     (``2026-11-22T10:00:00Z``; see ``rfc3339_utc``). ``libraries`` maps each of
     ``LIBRARY_NAMES`` to a version string; treat it as read-only.
+
+    ``scheduler_config`` is the scheduler's config (predicate v2, ``settings.sampler`` set): JSON
+    values by name, no ``_``-prefixed keys, so that ``<scheduler>.from_config(scheduler_config)``
+    rebuilds the scheduler that ran. ``None`` in version 1.
     """
 
     model_name: str
@@ -68,6 +89,11 @@ class GenerationRecord:
     request_sha256: str
     node: str
     created_at: str
+    scheduler_config: dict[str, Any] | None = field(default=None, hash=False)
+
+    @property
+    def predicate_type(self) -> str:
+        return PREDICATE_TYPE if self.settings.sampler is None else PREDICATE_TYPE_V2
 
 
 @dataclass(frozen=True)
@@ -99,6 +125,10 @@ def build_statement(record: GenerationRecord, subject: PixelSubject) -> bytes:
         raise UsageError(f"record seed must be an int, not {type(settings.seed).__name__}")
     if not (_is_int(settings.guidance) or isinstance(settings.guidance, float)):
         raise UsageError(f"record guidance must be a float, not {type(settings.guidance).__name__}")
+    if settings.sampler is None and record.scheduler_config is not None:
+        raise UsageError("a record without a sampler (predicate v1) has no scheduler config")
+    if settings.sampler is not None and not isinstance(record.scheduler_config, dict):
+        raise UsageError("a record with a sampler (predicate v2) needs its scheduler config as a dict")
     obj = _statement_dict(record, subject)
     try:
         payload = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
@@ -131,9 +161,9 @@ def _statement_schema(obj: Any) -> Statement:
         raise VerificationError("statement is not a JSON object")
     if obj.get("_type") != STATEMENT_TYPE:
         raise VerificationError(f"statement _type is {_short(obj.get('_type'))}, expected {STATEMENT_TYPE!r}")
-    if obj.get("predicateType") != PREDICATE_TYPE:
+    if obj.get("predicateType") not in PREDICATE_TYPES:
         raise VerificationError(
-            f"predicateType is {_short(obj.get('predicateType'))}, expected {PREDICATE_TYPE!r}"
+            f"predicateType is {_short(obj.get('predicateType'))}, expected {PREDICATE_TYPE!r} or {PREDICATE_TYPE_V2!r}"
         )
     return _to_statement(obj)
 
@@ -142,24 +172,35 @@ def _statement_schema(obj: Any) -> Statement:
 
 
 def _statement_dict(record: GenerationRecord, subject: PixelSubject) -> dict[str, Any]:
+    predicate = {
+        "model": {"name": record.model_name, "digest": {MODEL_DIGEST_ALGORITHM: record.model_digest}},
+        "pipeline": record.pipeline,
+        "scheduler": record.scheduler,
+        **record.settings.to_json_dict(),
+        "dtype": record.dtype,
+        "device": record.device,
+        "torchThreads": record.torch_threads,
+        "libraries": dict(record.libraries),
+        "job": {"id": record.job_id, "requester": record.requester, "requestSha256": record.request_sha256},
+        "node": record.node,
+        "createdAt": record.created_at,
+    }
+    if record.settings.sampler is not None:  # predicate v2; "sampler" comes with the settings
+        predicate["schedulerConfig"] = _plain_config(record.scheduler_config)
     return {
         "_type": STATEMENT_TYPE,
         "subject": [subject.to_json_dict()],
-        "predicateType": PREDICATE_TYPE,
-        "predicate": {
-            "model": {"name": record.model_name, "digest": {MODEL_DIGEST_ALGORITHM: record.model_digest}},
-            "pipeline": record.pipeline,
-            "scheduler": record.scheduler,
-            **record.settings.to_json_dict(),
-            "dtype": record.dtype,
-            "device": record.device,
-            "torchThreads": record.torch_threads,
-            "libraries": dict(record.libraries),
-            "job": {"id": record.job_id, "requester": record.requester, "requestSha256": record.request_sha256},
-            "node": record.node,
-            "createdAt": record.created_at,
-        },
+        "predicateType": record.predicate_type,
+        "predicate": predicate,
     }
+
+
+def _plain_config(config: Any) -> Any:
+    # Tuples (diffusers keeps some config lists as tuples) are JSON arrays; the rest is checked
+    # when the built statement is parsed back.
+    if isinstance(config, dict):
+        return {key: list(value) if isinstance(value, tuple) else value for key, value in config.items()}
+    return config
 
 
 def _created_at(value: Any, path: str) -> str:
@@ -180,9 +221,47 @@ def _created_at(value: Any, path: str) -> str:
     return value
 
 
+_CONFIG_KEY = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,99}")
+_MIN_INT, _MAX_INT = -(2**63), 2**63 - 1
+
+
+def _config_scalar(value: Any, path: str) -> Any:
+    if value is None or type(value) is bool or type(value) is float:  # floats are finite (strict JSON)
+        return value
+    if type(value) is int:
+        if not _MIN_INT <= value <= _MAX_INT:
+            raise SchemaError(path, "integer out of range -2**63 .. 2**63-1")
+        return value
+    if type(value) is str:
+        return schema.string(max_length=MAX_CONFIG_STRING)(value, path)
+    raise SchemaError(path, "must be null, a boolean, a number or a string")
+
+
+def _scheduler_config(value: Any, path: str) -> dict[str, Any]:
+    """``schedulerConfig``: an object of 1-100 members named ``[A-Za-z][A-Za-z0-9_]*`` (no
+    ``_`` prefix); each value null, a boolean, a number, a string of at most 200 characters, or
+    an array of at most 2000 of those."""
+    if type(value) is not dict:
+        raise SchemaError(path, "must be an object")
+    if not 1 <= len(value) <= MAX_CONFIG_MEMBERS:
+        raise SchemaError(path, f"must hold 1 to {MAX_CONFIG_MEMBERS} members")
+    out = {}
+    for key, item in value.items():
+        where = f"{path}.{key}"
+        if _CONFIG_KEY.fullmatch(key) is None:
+            raise SchemaError(where, "member names must match [A-Za-z][A-Za-z0-9_]{0,99}")
+        if type(item) is list:
+            if len(item) > MAX_CONFIG_ARRAY:
+                raise SchemaError(where, f"must hold at most {MAX_CONFIG_ARRAY} items")
+            out[key] = [_config_scalar(v, f"{where}.{i}") for i, v in enumerate(item)]
+        else:
+            out[key] = _config_scalar(item, where)
+    return out
+
+
 _NAME = schema.string(1, 200)
 _SHORT_NAME = schema.string(1, 100)
-_PREDICATE = schema.members({
+_PREDICATE: dict[str, schema.Check] = {
     "model": schema.members({
         "name": _NAME,
         "digest": schema.members({MODEL_DIGEST_ALGORITHM: schema.string(pattern=HEX256)}),
@@ -201,20 +280,28 @@ _PREDICATE = schema.members({
     }),
     "node": schema.string(pattern=PEER_ID),
     "createdAt": _created_at,
-})
-_STATEMENT = schema.members({
-    "_type": schema.exactly(STATEMENT_TYPE),
-    "subject": schema.array(schema.members({
-        "name": schema.string(pattern=_SUBJECT_NAME.pattern),
-        "digest": schema.members({"sha256": schema.string(pattern=HEX256)}),
-    }), 1, 1),
-    "predicateType": schema.exactly(PREDICATE_TYPE),
-    "predicate": _PREDICATE,
-})
+}
+_PREDICATES = {
+    PREDICATE_TYPE: schema.members(_PREDICATE),
+    PREDICATE_TYPE_V2: schema.members({**_PREDICATE, **SETTINGS_MEMBERS_V2, "schedulerConfig": _scheduler_config}),
+}
+_SUBJECTS = schema.array(schema.members({
+    "name": schema.string(pattern=_SUBJECT_NAME.pattern),
+    "digest": schema.members({"sha256": schema.string(pattern=HEX256)}),
+}), 1, 1)
+_STATEMENTS = {
+    predicate_type: schema.members({
+        "_type": schema.exactly(STATEMENT_TYPE),
+        "subject": _SUBJECTS,
+        "predicateType": schema.exactly(predicate_type),
+        "predicate": predicate,
+    })
+    for predicate_type, predicate in _PREDICATES.items()
+}
 
 
 def _to_statement(obj: Any) -> Statement:
-    m = _STATEMENT(obj, "")
+    m = _STATEMENTS[obj["predicateType"]](obj, "")
     p, s = m["predicate"], m["subject"][0]
     match = _SUBJECT_NAME.fullmatch(s["name"])
     assert match is not None  # the pattern was validated
@@ -238,6 +325,7 @@ def _to_statement(obj: Any) -> Statement:
         request_sha256=p["job"]["requestSha256"],
         node=p["node"],
         created_at=p["createdAt"],
+        scheduler_config=p.get("schedulerConfig"),
     )
     return Statement(subject=subject, record=record)
 

@@ -30,7 +30,6 @@ from .png import PngContents, _envelope_or_none, read_png
 from .statement import (
     ATTESTATION_PAYLOAD_TYPE,
     MODEL_DIGEST_ALGORITHM,
-    PREDICATE_TYPE,
     GenerationRecord,
     Statement,
     parse_statement,
@@ -164,7 +163,8 @@ def _attestation_check(contents: PngContents) -> tuple[Check, Envelope | None, S
         statement = parse_statement(envelope.payload)
     except VerificationError as exc:
         return _check("attestation", False, str(exc)), None, None
-    return _check("attestation", True, f"in-toto statement, predicate {PREDICATE_TYPE}"), envelope, statement
+    detail = f"in-toto statement, predicate {statement.record.predicate_type}"
+    return _check("attestation", True, detail), envelope, statement
 
 
 def _signature_check(envelope: Envelope, statement: Statement) -> Check:

@@ -71,7 +71,8 @@ def main() -> None:
     shapes.import_pointillist()
     import torch
 
-    from pointillist.node.pipeline import LoadedModel, load_model
+    from pointillist.node.loading import load_model
+    from pointillist.node.pipeline import LoadedModel
 
     GenerationParams = settings_class()
 

@@ -78,7 +78,7 @@ def direct_generator(args):
     """A zero-argument callable running the job's pipeline call in this process."""
     import torch
 
-    from pointillist.node.pipeline import embedded_model_path, load_model
+    from pointillist.node.loading import embedded_model_path, load_model
     from pointillist.protocol.settings import GenerationSettings
 
     torch.set_num_threads(args.threads)

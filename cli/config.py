@@ -6,8 +6,13 @@
     listen = ["/ip4/0.0.0.0/tcp/4001"]
     models = ["/models/stable-diffusion-v1-5"]
     model_config = "/models/stable-diffusion-v1-5"   # for single-file checkpoints
+    models_dir = "~/stable-diffusion-webui/models/Stable-diffusion"   # serve every model in it
+    models_on_device = 1           # models kept on the GPU at once
+    models_ram_mb = 16384          # RAM for models moved off the GPU (default: half the free RAM)
     device = "cuda"
     dtype = "float16"
+    metrics = "127.0.0.1:9464"     # Prometheus metrics endpoint (off when absent)
+    log_format = "json"            # event lines without a terminal: "text" (default) or "json"
 
 Unknown keys are an error (a typo should not be silently ignored).
 """
@@ -22,7 +27,9 @@ from ..protocol.errors import UsageError
 from ..protocol.keyfile import config_dir
 
 _TOP = {"bootstrap", "node"}
-_NODE = {"listen", "models", "model_config", "device", "dtype"}
+_NODE = {"listen", "models", "model_config", "models_dir", "models_on_device", "models_ram_mb", "device", "dtype",
+         "metrics", "log_format"}
+LOG_FORMATS = ("text", "json")
 
 
 @dataclass(frozen=True)
@@ -31,8 +38,13 @@ class Config:
     listen: list[str] = field(default_factory=list)
     models: list[Path] = field(default_factory=list)
     model_config: Path | None = None
+    models_dir: Path | None = None
+    models_on_device: int | None = None
+    models_ram_mb: int | None = None
     device: str | None = None
     dtype: str | None = None
+    metrics: str | None = None
+    log_format: str | None = None
 
 
 def config_path() -> Path:
@@ -56,16 +68,28 @@ def load_config(path: Path | None = None) -> Config:
     unknown |= {f"node.{k}" for k in set(node) - _NODE}
     if unknown:
         raise UsageError(f"{path}: unknown setting(s) {', '.join(sorted(unknown))}")
-    for key in ("model_config", "device", "dtype"):
+    for key in ("models_on_device", "models_ram_mb"):
+        value = node.get(key)
+        if value is not None and (type(value) is not int or value < (1 if key == "models_on_device" else 0)):
+            raise UsageError(f"{path}: node.{key} must be a whole number"
+                             + (" of at least 1" if key == "models_on_device" else " (MiB)"))
+    for key in ("model_config", "models_dir", "device", "dtype", "metrics", "log_format"):
         if key in node and not isinstance(node[key], str):
             raise UsageError(f"{path}: node.{key} must be a string")
+    if node.get("log_format", "text") not in LOG_FORMATS:
+        raise UsageError(f"{path}: node.log_format must be one of {', '.join(LOG_FORMATS)}")
     return Config(
         bootstrap=_strings(raw.get("bootstrap", []), "bootstrap", path),
         listen=_strings(node.get("listen", []), "node.listen", path),
         models=[Path(m).expanduser() for m in _strings(node.get("models", []), "node.models", path)],
         model_config=Path(node["model_config"]).expanduser() if "model_config" in node else None,
+        models_dir=Path(node["models_dir"]).expanduser() if "models_dir" in node else None,
+        models_on_device=node.get("models_on_device"),
+        models_ram_mb=node.get("models_ram_mb"),
         device=node.get("device"),
         dtype=node.get("dtype"),
+        metrics=node.get("metrics"),
+        log_format=node.get("log_format"),
     )
 
 

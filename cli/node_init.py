@@ -59,11 +59,30 @@ CONFIG_TEXT = """\
 # Local diffusers folder with configs and tokenizer, for single-file checkpoints.
 # model_config = "/models/stable-diffusion-v1-5"
 
+# A folder of models (A1111's models/Stable-diffusion, say): every .safetensors checkpoint and
+# diffusers folder directly in it is served too, besides `models`.
+# models_dir = "~/stable-diffusion-webui/models/Stable-diffusion"
+
+# How many models stay on the GPU at once; a job for another first loads it (from RAM if it
+# was moved there, else from disk). Default: 1.
+# models_on_device = 1
+
+# RAM (MiB) for models moved off the GPU, kept for a quick return. Default: half the free RAM.
+# models_ram_mb = 16384
+
 # Torch device: cuda, cuda:1, mps, cpu. Default: the best available.
 # device = "cuda"
 
 # Weights dtype: float16, bfloat16, float32. Default: float16 on CUDA, float32 elsewhere.
 # dtype = "float16"
+
+# Serve Prometheus metrics on HOST:PORT (or PORT, on 127.0.0.1). Default: off.
+# A host other than 127.0.0.1 exposes the figures to that network; there is no authentication.
+# metrics = "127.0.0.1:9464"
+
+# Without a terminal (a service, a pipe), the node writes one line per event on stderr:
+# "text" for people, "json" (JSON lines) for log collectors. Default: text.
+# log_format = "json"
 """
 
 

@@ -38,6 +38,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="image size (default 512x512)")
     p.add_argument("--guidance", type=options.non_negative_float, default=7.5,
                    help="classifier-free guidance scale (default 7.5)")
+    p.add_argument("--sampler", type=_sampler, metavar="NAME",
+                   help="sampler, as AUTOMATIC1111 names it: 'Euler a', 'DPM++ 2M Karras', 'DDIM', 'UniPC', … "
+                        "(default: the model's own scheduler)")
     p.add_argument("--out", type=Path, help="output PNG (default pointillist-<job id>.png); with several "
                    "images, NAME-1.png, NAME-2.png, …")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
@@ -68,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
     specs = [
         JobSpec(args.model, GenerationSettings(prompt=prompt, negative_prompt=args.negative,
                                                seed=(first_seed + k) % 2**64, steps=args.steps,
-                                               guidance=args.guidance, width=width, height=height))
+                                               guidance=args.guidance, width=width, height=height,
+                                               sampler=args.sampler))
         for prompt in args.prompt for k in range(args.count)
     ]
     outs = _planned_outputs(args.out, len(specs))
@@ -103,6 +107,15 @@ async def _submit_all(requester, peer, specs, view):
         view.status("looking for nodes…")
         with view:
             return await session.submit_all(specs, view.hooks_for)
+
+
+def _sampler(text: str) -> str:
+    from ..protocol.settings import sampler_problem
+
+    problem = sampler_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return text
 
 
 def _check_addresses(peer: str | None, bootstrap: list[str]) -> None:

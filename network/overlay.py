@@ -13,10 +13,11 @@ Kademlia speaks ``/pointillist/kad/1.0.0`` only (``_speak_our_kad_protocol``).
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
 import logging
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable
 
 import trio
@@ -105,7 +106,8 @@ class Network:
     dht: KadDHT
     directory: PeerDirectory
     clock: Callable[[], float]
-    rejected: int = 0  # records dropped by validation
+    #: records dropped by validation, by ``RecordRejected.reason`` ("stale": older than held)
+    rejected: Counter = field(default_factory=Counter)
 
     @property
     def peer_id(self) -> str:
@@ -119,7 +121,7 @@ class Network:
         try:
             record = decode_record(data, now, sender=sender)
         except RemoteError as exc:
-            self.rejected += 1
+            self.rejected[getattr(exc, "reason", "malformed")] += 1
             log.debug("dropped record from %s: %s", sender, exc)
             return None
         if not self.directory.offer(record, now):
@@ -142,11 +144,14 @@ class Network:
         try:
             record = decode_record(msg.data, self.clock(), sender=ID(msg.from_id).to_base58())
         except (RemoteError, ValueError) as exc:
-            self.rejected += 1
+            self.rejected[getattr(exc, "reason", "malformed")] += 1
             log.debug("gossip from %s dropped: %s", forwarder, exc)
             return False
         held = self.directory.get(record.peer_id)
-        return held is None or record.seq >= held.seq  # older than what we hold: a replay
+        if held is not None and record.seq < held.seq:  # older than what we hold: a replay
+            self.rejected["stale"] += 1
+            return False
+        return True
 
     async def _read_gossip(self, subscription: Any) -> None:
         async for msg in subscription:

@@ -9,11 +9,14 @@ msgpack, message schema, read timeout) come before these, in the stream handler.
 Replays are checked before the requester's rate bucket and remembered only after it: a replay
 must not cost the real requester a token (anyone holding the image holds the signed job), and a
 job refused for load may be retried as it is.
+
+Admission remembers a job in memory only; writing it to disk (the state database) is the
+service's, in a worker thread, before it answers "accepted".
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 from ..protocol.errors import ErrorCode, JobRejected, RemoteError, VerificationError
 from ..protocol.fetch import FETCH_LIFETIME_S, FetchRequest, open_fetch
@@ -30,6 +33,7 @@ JOB_CHECK_ORDER: tuple[tuple[str, ErrorCode], ...] = (
     ("requester allowed", ErrorCode.FORBIDDEN),
     ("model served here", ErrorCode.UNKNOWN_MODEL),
     ("operator limits", ErrorCode.INVALID_PARAMS),
+    ("fits the GPU's memory", ErrorCode.INVALID_PARAMS),  # node/memory_fit.py; CUDA only
     ("not shutting down", ErrorCode.BUSY),
     ("queue space", ErrorCode.BUSY),
     ("not a replay", ErrorCode.REPLAYED),
@@ -39,13 +43,11 @@ JOB_CHECK_ORDER: tuple[tuple[str, ErrorCode], ...] = (
 
 
 class Admission:
-    def __init__(self, node_id: str, models: Any, policy: Policy, *, replay: ReplayCache | None = None,
-                 save_replay: Callable[[ReplayCache], None] | None = None) -> None:
+    def __init__(self, node_id: str, models: Any, policy: Policy, *, replay: ReplayCache | None = None) -> None:
         self.node_id = node_id
         self.models = models  # anything with ``find(ref)`` raising JobRejected(UNKNOWN_MODEL)
         self.policy = policy
         self.replay = replay if replay is not None else ReplayCache()  # an empty cache is falsy
-        self._save_replay = save_replay or (lambda cache: None)
         self.rate = RateLimiter(policy.requesters.jobs_per_minute, policy.requesters.burst)
 
     def admit(self, envelope: Any, *, now: float, queue_depth: int, shutting_down: bool) -> SignedJob:
@@ -65,8 +67,11 @@ class Admission:
         if request.node != self.node_id:
             raise JobRejected(ErrorCode.WRONG_NODE, f"job is addressed to {request.node}, this is {self.node_id}")
         self.policy.requesters.check_identity(job.requester)
-        self.models.find(request.model)
+        model = self.models.find(request.model)
         self.policy.limits.check(request)
+        fit = getattr(model, "memory_fit", None)  # measured once at start (CUDA only)
+        if fit is not None:
+            fit.check(request.width, request.height, model.name)
         if shutting_down:
             raise JobRejected(ErrorCode.BUSY, "node is shutting down")
         if queue_depth > self.policy.limits.queue_size:
@@ -74,7 +79,6 @@ class Admission:
         self.replay.check_unseen(request.job_id, request.nonce, now)
         self.rate.take(job.requester, now)
         self.replay.check_and_remember(request.job_id, request.nonce, request.expires_at, now)
-        self._save_replay(self.replay)
         return job
 
     def check_fetch(self, envelope: Any, *, now: float) -> tuple[FetchRequest, str]:

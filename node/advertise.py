@@ -1,5 +1,10 @@
 """A node's own capacity record: built from its live state, signed, published on change and on a
 slow heartbeat (gossip costs ~17 ms of CPU per delivered record per node, so never every second).
+
+The device's free memory is read again before each publication (``device_now``: on CUDA one
+``torch.cuda.mem_get_info``, in a worker thread so the trio loop never waits on the driver while
+the GPU works). A model's ``maxSide`` is the operator's ``max_side``, lowered to what its
+measured memory estimate allows (``memory_fit``, node/memory_fit.py) on CUDA.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ class Advertiser:
         heartbeat_s: float = HEARTBEAT_S,
         ttl_s: int = RECORD_TTL_S,
         clock: Callable[[], float] | None = None,
+        device_now: Callable[[], Device] | None = None,
     ) -> None:
         self.network = network
         self.service = service
@@ -44,6 +50,7 @@ class Advertiser:
         self.heartbeat_s = heartbeat_s
         self.ttl_s = ttl_s
         self.clock = clock or network.clock
+        self.device_now = device_now
         self._seq = 0
         self._changed = trio.Event()
         self.published = 0
@@ -64,7 +71,7 @@ class Advertiser:
             "device": self.device.model_dump(by_alias=True),
             "models": [
                 {"name": m.name, "digest": m.digest, "pipeline": self.pipeline_names.get(m.digest, "unknown"),
-                 "maxSide": self.max_side}
+                 "maxSide": self._max_side(m), "family": getattr(m, "family", None), "warm": getattr(m, "warm", True)}
                 for m in self.models
             ],
             "speed": self.speed.model_dump(by_alias=True),
@@ -77,7 +84,22 @@ class Advertiser:
             "expiresAt": int(now) + self.ttl_s,
         })
 
+    def _max_side(self, model) -> int:
+        fit = getattr(model, "memory_fit", None)
+        return self.max_side if fit is None else max(8, min(self.max_side, fit.max_side()))
+
+    async def refresh_device(self) -> None:
+        """Read the device's free memory again (a failed reading keeps the last one)."""
+        if self.device_now is None:
+            return
+        try:
+            # Abandoned on cancel: the last record at shutdown must not wait on a busy driver.
+            self.device = await trio.to_thread.run_sync(self.device_now, abandon_on_cancel=True)
+        except Exception:
+            log.debug("could not read the device's memory", exc_info=True)
+
     async def publish_now(self) -> None:
+        await self.refresh_device()
         data = encode_record(self.network.identity, self.build())
         await self.network.publish(data)
         self.published += 1

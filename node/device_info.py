@@ -27,6 +27,15 @@ def describe_device(device: str) -> Device:
     return Device(kind="cpu", name=_cpu_name()[:100] or "cpu", vramTotal=0, vramFree=0)
 
 
+def device_memory(device: str) -> tuple[int, int] | None:
+    """(free, total) bytes of a CUDA device now (one driver call, no sync); None elsewhere."""
+    import torch
+
+    if not device.startswith("cuda"):
+        return None
+    return torch.cuda.mem_get_info(torch.device(device).index or 0)
+
+
 def measure_speed(model, params_type) -> Speed:
     """Steps per second of ``model`` at the reference size, after one warm-up step."""
     params = params_type(prompt="self-benchmark", negative_prompt="", seed=0, steps=1,

@@ -1,11 +1,11 @@
-"""The generation runner: load a Stable Diffusion model offline and make one image.
+"""The generation runner: make one image with a loaded Stable Diffusion pipeline
+(``loading.py`` loads it).
 
 Importing this module imports torch, diffusers and transformers (6-10 s, ~420 MB), so only the
 generation path may import it, and lazily: nothing else in the package imports it at import time.
 
-Everything is offline: ``HF_HUB_OFFLINE=1`` is set before the libraries load and every loader call
-passes ``local_files_only=True``. A single-file checkpoint therefore needs ``config=``, a local
-diffusers folder holding the pipeline's configs and tokenizer (its weights are not read).
+Everything is offline: ``HF_HUB_OFFLINE=1`` is set here, before the libraries load; every module
+that imports them imports this one first.
 
 Reproducibility: the initial latent comes from a CPU ``torch.Generator`` seeded with the job's
 seed, so the starting noise is the same on every device; what the device then computes is
@@ -25,8 +25,6 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import importlib.util  # noqa: E402
-import json  # noqa: E402
 import math  # noqa: E402
 import threading  # noqa: E402
 from collections.abc import Callable  # noqa: E402
@@ -40,8 +38,7 @@ import transformers  # noqa: E402
 from diffusers.utils import logging as _diffusers_logging  # noqa: E402
 from transformers.utils import logging as _transformers_logging  # noqa: E402
 
-from pointillist.node.model_digest import model_digest  # noqa: E402
-from pointillist.protocol.errors import ModelError, UsageError, one_line  # noqa: E402
+from pointillist.protocol.errors import UsageError  # noqa: E402
 from pointillist.protocol.settings import GenerationSettings  # noqa: E402
 
 if TYPE_CHECKING:
@@ -51,24 +48,7 @@ __all__ = [
     "GenerationResult",
     "GenerationSettings",
     "LoadedModel",
-    "SINGLE_FILE_SUFFIXES",
-    "embedded_model_path",
-    "load_model",
 ]
-
-#: Checkpoint suffixes loaded through ``from_single_file``.
-SINGLE_FILE_SUFFIXES = frozenset({".safetensors", ".ckpt"})
-
-#: Text-to-image pipeline classes loaded directly. Other folders go through
-#: AutoPipelineForText2Image, whose first use imports every pipeline module (~1.5 s).
-_TEXT2IMAGE_CLASSES = frozenset({"StableDiffusionPipeline", "StableDiffusionXLPipeline"})
-
-_DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-}
-_DTYPE_NAMES = {v: k for k, v in _DTYPES.items()}
 
 _MAX_SEED = 2**64  # torch.Generator.manual_seed takes 64-bit seeds
 
@@ -88,6 +68,9 @@ class GenerationResult:
     image: PIL.Image.Image  # mode RGB
     pipeline: str  # pipeline class name, e.g. "StableDiffusionPipeline"
     scheduler: str  # scheduler class name, e.g. "DDIMScheduler"
+    # The scheduler's config as attested (``samplers.scheduler_config``): with ``scheduler``,
+    # enough to rebuild the scheduler that ran (``samplers.rebuild_scheduler``).
+    scheduler_config: dict[str, Any]
     dtype: str  # "float32" / "float16" / "bfloat16"
     device: str  # "cpu", "cuda", "mps", ...
     torch_threads: int
@@ -158,6 +141,10 @@ class LoadedModel:
     ) -> GenerationResult:
         """Make one image. Raises UsageError for bad parameters (before any work).
 
+        ``params.sampler`` (an A1111 name, ``samplers.SAMPLERS``) runs that sampler: a scheduler
+        built from the model's own scheduler config with the sampler's overrides, swapped in for
+        this run only. ``None`` runs the model's own scheduler.
+
         Failures inside the run (e.g. ``torch.OutOfMemoryError``) propagate as the library raised
         them, unmapped, so the caller can tell them apart and log them with a traceback.
 
@@ -168,6 +155,10 @@ class LoadedModel:
         """
         _validate(params)
         pipe = self.pipe
+        from . import samplers  # cheap: no torch of its own
+
+        if params.sampler is not None and not isinstance(params.sampler, str):
+            raise UsageError(f"sampler must be a string or None, got {params.sampler!r}")
 
         def callback(pipeline: Any, step_index: int, timestep: Any, callback_kwargs: dict) -> dict:
             if on_step is not None:
@@ -179,7 +170,12 @@ class LoadedModel:
             return callback_kwargs
 
         with self._lock, torch.inference_mode():
+            own_scheduler = pipe.scheduler
+            scheduler = own_scheduler
+            if params.sampler is not None:  # raises UsageError before any work if unsupported
+                scheduler = samplers.build_scheduler(own_scheduler.config, params.sampler, params.seed)
             generator = torch.Generator(device="cpu").manual_seed(params.seed)
+            pipe.scheduler = scheduler
             try:
                 output = pipe(
                     prompt=params.prompt,
@@ -194,172 +190,17 @@ class LoadedModel:
                 )
             except _StepCallbackError as exc:
                 raise exc.original from None
+            finally:
+                pipe.scheduler = own_scheduler
             image = output.images[0].convert("RGB")
 
         return GenerationResult(
             image=image,
             pipeline=type(pipe).__name__,
-            scheduler=type(pipe.scheduler).__name__,
+            scheduler=type(scheduler).__name__,
+            scheduler_config=samplers.scheduler_config(scheduler),
             dtype=self.dtype,
             device=self.device,
             torch_threads=torch.get_num_threads(),
             libraries=library_versions(),
         )
-
-
-def embedded_model_path() -> Path:
-    """The embedded default model: ``models/tiny-sd`` inside the installed ``pointillist.node``."""
-    return Path(__file__).resolve().parent / "models" / "tiny-sd"
-
-
-def default_device() -> str:
-    if torch.cuda.is_available():
-        return "cuda"
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        return "mps"
-    return "cpu"
-
-
-def _resolve_device(device: str | None) -> str:
-    if device is None:
-        return default_device()
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, TypeError, ValueError) as exc:
-        raise UsageError(f"unknown device {device!r}") from exc
-    if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"device {device!r} requested but CUDA is not available")
-    if parsed.type == "mps":
-        mps = getattr(torch.backends, "mps", None)
-        if mps is None or not mps.is_available():
-            raise UsageError(f"device {device!r} requested but MPS is not available")
-    return str(parsed)
-
-
-def _resolve_dtype(dtype: str | None, device: str) -> str:
-    if dtype is None:
-        return "float16" if device.startswith("cuda") else "float32"
-    if dtype not in _DTYPES:
-        raise UsageError(f"unknown dtype {dtype!r} (expected one of {', '.join(_DTYPES)})")
-    return dtype
-
-
-def _read_model_index(folder: Path) -> dict[str, Any]:
-    index = folder / "model_index.json"
-    if not index.is_file():
-        raise ModelError(f"not a diffusers pipeline folder (no model_index.json): {folder}")
-    try:
-        data = json.loads(index.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ModelError(f"cannot read {index}: {type(exc).__name__}: {one_line(exc)}") from exc
-    if not isinstance(data, dict) or not isinstance(data.get("_class_name"), str):
-        raise ModelError(f"{index} names no pipeline class (_class_name)")
-    return data
-
-
-def _dtype_keyword() -> str:
-    """Newer diffusers take ``dtype=`` and warn on ``torch_dtype=``; older ones only know the latter."""
-    try:
-        from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401
-    except ImportError:
-        return "torch_dtype"
-    return "dtype"
-
-
-def _common_kwargs(model_index: dict[str, Any], torch_dtype: torch.dtype) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {"local_files_only": True, _dtype_keyword(): torch_dtype}
-    if importlib.util.find_spec("accelerate") is None:
-        kwargs["low_cpu_mem_usage"] = False  # otherwise diffusers warns that accelerate is missing
-    if "safety_checker" in model_index:
-        kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    return kwargs
-
-
-def load_model(
-    path: Path,
-    *,
-    name: str | None = None,
-    device: str | None = None,
-    dtype: str | None = None,
-    config: Path | None = None,
-) -> LoadedModel:
-    """Load a diffusers folder or a single-file checkpoint, offline, onto ``device``.
-
-    * A folder must hold ``model_index.json``; a ``StableDiffusionPipeline`` or
-      ``StableDiffusionXLPipeline`` folder loads with that class's ``from_pretrained``, any other
-      with ``AutoPipelineForText2Image.from_pretrained`` (which maps, e.g., an img2img folder to
-      its text-to-image pipeline).
-    * A ``.safetensors`` / ``.ckpt`` file is loaded with ``<Pipeline>.from_single_file`` and needs
-      ``config``: a local diffusers folder with the pipeline's configs and tokenizer; the pipeline
-      class is the one its ``model_index.json`` names. ``config`` is ignored for folders.
-
-    ``device`` defaults to cuda, else mps, else cpu; ``dtype`` to float16 on cuda and float32
-    elsewhere; ``name`` to the folder name or file stem. ``digest`` is ``model_digest(path)``
-    (for a single file, the checkpoint's sha256; the config folder is not part of it). Raises
-    ModelError (one line) when the model cannot be found, hashed or loaded, UsageError for a bad
-    device or dtype.
-    """
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise ModelError(f"model not found: {path}")
-    device = _resolve_device(device)
-    dtype = _resolve_dtype(dtype, device)
-    torch_dtype = _DTYPES[dtype]
-
-    if path.is_dir():
-        model_index = _read_model_index(path)
-        digest = model_digest(path)
-        kwargs = _common_kwargs(model_index, torch_dtype)
-        class_name = model_index["_class_name"]
-        try:
-            if class_name in _TEXT2IMAGE_CLASSES:
-                pipe = getattr(diffusers, class_name).from_pretrained(path, **kwargs)
-            else:  # e.g. an img2img folder: AutoPipeline picks its text-to-image sibling
-                pipe = diffusers.AutoPipelineForText2Image.from_pretrained(path, **kwargs)
-        except Exception as exc:
-            raise ModelError(f"cannot load model {path}: {type(exc).__name__}: {one_line(exc)}") from exc
-        default_name = path.name
-    elif path.suffix.lower() in SINGLE_FILE_SUFFIXES:
-        if config is None:
-            raise ModelError(
-                f"single-file checkpoint {path.name} needs config=<local diffusers folder with the "
-                "pipeline's configs and tokenizer> (no configs can be downloaded offline)"
-            )
-        config = Path(config).expanduser()
-        if not config.is_dir():
-            raise ModelError(f"config for {path.name} must be a local diffusers folder: {config}")
-        model_index = _read_model_index(config)
-        pipeline_class = getattr(diffusers, model_index["_class_name"], None)
-        if pipeline_class is None or not hasattr(pipeline_class, "from_single_file"):
-            raise ModelError(
-                f"{model_index['_class_name']} (from {config / 'model_index.json'}) cannot load single-file checkpoints"
-            )
-        digest = model_digest(path)
-        kwargs = _common_kwargs(model_index, torch_dtype)
-        kwargs.pop("low_cpu_mem_usage", None)  # from_single_file has no such option
-        try:
-            pipe = pipeline_class.from_single_file(str(path), config=str(config), **kwargs)
-        except Exception as exc:
-            raise ModelError(f"cannot load checkpoint {path}: {type(exc).__name__}: {one_line(exc)}") from exc
-        default_name = path.stem
-    else:
-        raise ModelError(
-            f"not a model: {path} (expected a diffusers folder or a "
-            f"{' / '.join(sorted(SINGLE_FILE_SUFFIXES))} checkpoint)"
-        )
-
-    try:
-        pipe = pipe.to(device)
-    except Exception as exc:
-        raise ModelError(f"cannot move model {path.name} to {device}: {type(exc).__name__}: {one_line(exc)}") from exc
-    pipe.set_progress_bar_config(disable=True)
-
-    return LoadedModel(
-        name=name if name is not None else default_name,
-        digest=digest,
-        path=path,
-        pipe=pipe,
-        device=device,
-        dtype=_DTYPE_NAMES[torch_dtype],
-    )

@@ -4,8 +4,13 @@ A job's signature stays valid until its ``expiresAt``, so the node remembers eve
 it has accepted until that moment; after it, freshness checks refuse the job anyway and the entry
 can go. Pure and clock-free: callers pass ``now``.
 
-The cache is bounded. When it is full of live entries the node refuses new jobs ("busy") rather
-than forgetting one, since forgetting would re-open a replay window.
+The cache is bounded (200,000 keys: 100,000 jobs within a job's greatest lifetime, an hour; about
+36 MiB when full, measured). When it is full of live entries the node refuses new jobs ("busy") rather than
+forgetting one, since forgetting would re-open a replay window.
+
+The cache in memory is the check. On disk (``ReplayJournal``) each accepted job adds its two keys,
+before "accepted" is sent, so a restart (or crash) does not forget them; the journal is read once
+at start-up.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from ..protocol.errors import ErrorCode, JobRejected
 
 
 class ReplayCache:
-    def __init__(self, max_entries: int = 100_000) -> None:
+    def __init__(self, max_entries: int = 200_000) -> None:
         self.max_entries = max_entries
         self._expiry_by_key: dict[str, int] = {}
         self._heap: list[tuple[int, str]] = []  # (expires_at, key): oldest first, for pruning
@@ -27,13 +32,18 @@ class ReplayCache:
     def check_unseen(self, job_id: str, nonce: str, now: float) -> None:
         """Raise ``JobRejected(ErrorCode.REPLAYED)`` if the job id or nonce was seen; remember nothing."""
         self._prune(now)
-        if f"id:{job_id}" in self._expiry_by_key or f"nonce:{nonce}" in self._expiry_by_key:
+        if any(k in self._expiry_by_key for k in self.keys(job_id, nonce)):
             raise JobRejected(ErrorCode.REPLAYED, f"job {job_id} was already accepted by this node")
+
+    @staticmethod
+    def keys(job_id: str, nonce: str) -> tuple[str, str]:
+        """The two keys a job is remembered by (also the journal's)."""
+        return f"id:{job_id}", f"nonce:{nonce}"
 
     def check_and_remember(self, job_id: str, nonce: str, expires_at: int, now: float) -> None:
         """Raise ``JobRejected(ErrorCode.REPLAYED)`` if the job id or nonce was seen; otherwise remember both."""
         self._prune(now)
-        keys = (f"id:{job_id}", f"nonce:{nonce}")
+        keys = self.keys(job_id, nonce)
         if any(k in self._expiry_by_key for k in keys):
             raise JobRejected(ErrorCode.REPLAYED, f"job {job_id} was already accepted by this node")
         if len(self._expiry_by_key) + len(keys) > self.max_entries:
@@ -41,10 +51,6 @@ class ReplayCache:
         for k in keys:
             self._expiry_by_key[k] = expires_at
             heapq.heappush(self._heap, (expires_at, k))
-
-    def entries(self) -> list[tuple[str, int]]:
-        """(key, expires_at) pairs, for persistence."""
-        return sorted(self._expiry_by_key.items())
 
     def restore(self, entries: list[tuple[str, int]], now: float) -> None:
         for key, expires_at in entries:
@@ -59,27 +65,26 @@ class ReplayCache:
                 del self._expiry_by_key[key]
 
 
-def load_replay_cache(path, now: float) -> ReplayCache:
-    """The cache saved by ``save_replay_cache``; an unreadable file starts empty (and says so)."""
-    import json
-    import logging
+class ReplayJournal:
+    """The remembered keys on disk: the ``replay`` table of the node's state database
+    (``state_store.py``). ``remember`` is one INSERT of a job's keys, whatever the number held;
+    ``prune_pass`` deletes a bounded batch of expired keys. Blocking: called in worker threads."""
 
-    cache = ReplayCache()
-    try:
-        entries = json.loads(path.read_text())
-        cache.restore([(str(k), int(v)) for k, v in entries], now)
-    except FileNotFoundError:
-        pass
-    except (OSError, ValueError, TypeError) as exc:
-        logging.getLogger("pointillist.node").warning("replay cache %s unreadable (%s); starting empty", path, exc)
-    return cache
+    def __init__(self, db) -> None:
+        self.db = db  # a state_store.Database
 
+    def remember(self, entries: list[tuple[str, int]]) -> None:
+        with self.db.transaction() as conn:
+            conn.executemany("INSERT OR REPLACE INTO replay (key, expires_at) VALUES (?, ?)", entries)
 
-def save_replay_cache(path, cache: ReplayCache) -> None:
-    """Atomically: a crash mid-write leaves the previous file, never a torn one."""
-    import json
-    import os
+    def load(self, now: float) -> list[tuple[str, int]]:
+        """Every live key (at start-up, to fill the ``ReplayCache``)."""
+        with self.db.lock:
+            return self.db.conn.execute("SELECT key, expires_at FROM replay WHERE expires_at > ?", (now,)).fetchall()
 
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(cache.entries()))
-    os.replace(tmp, path)
+    def prune_pass(self, now: float, batch: int = 500) -> bool:
+        """Delete at most ``batch`` expired keys; True if that many went (there may be more)."""
+        with self.db.transaction() as conn:
+            gone = conn.execute("DELETE FROM replay WHERE rowid IN "
+                                "(SELECT rowid FROM replay WHERE expires_at <= ? LIMIT ?)", (now, batch)).rowcount
+        return gone >= batch

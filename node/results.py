@@ -1,18 +1,22 @@
-"""Finished results on disk, keyed by job id, so a requester whose connection broke can fetch
-its image later, also after the node restarts. Bounded by age and total size (oldest first).
+"""Finished results, keyed by job id, so a requester whose connection broke can fetch its image
+later, also after the node restarts. Bounded by age and total size (oldest first).
 
-Layout: ``<dir>/<job id>.png`` and ``<dir>/<job id>.json`` (requester, created). Files are written
-to a temporary name and renamed, so a crash never leaves a half-written result behind.
+Rows of the ``results`` table of the node's state database (``state_store.py``): one INSERT per
+job and one primary-key lookup per fetch, whatever the number stored. Pruning is not done here on
+``put``: ``prune_pass`` removes at most a batch of rows and is called by the state's background
+maintenance; a put that takes the total over the bound wakes it (``on_over_bound``) without
+waiting for it. Between the two, the store may hold a little more than ``max_bytes``.
+
+All methods block (SQLite): the service calls them in worker threads.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import re
+import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any, Callable
 
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -26,61 +30,83 @@ class StoredResult:
 
 
 class ResultStore:
-    def __init__(self, directory: Path, keep_s: float, max_bytes: int) -> None:
-        self.directory = directory
+    def __init__(self, db: Any, keep_s: float, max_bytes: int, *, clock: Callable[[], float] = time.time,
+                 on_over_bound: Callable[[], None] | None = None) -> None:
+        """``db``: a ``state_store.Database`` (``transaction()``, ``lock``, ``conn``)."""
+        self.db = db
         self.keep_s = keep_s
         self.max_bytes = max_bytes
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.clock = clock
+        self.on_over_bound = on_over_bound or (lambda: None)
+        self._totals = threading.Lock()
+        with db.lock:  # once, at open: from here on a running total
+            self.count, self.total_bytes = db.conn.execute(
+                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM results").fetchone()
 
     def put(self, job_id: str, requester: str, png: bytes, now: float | None = None) -> None:
         if not _JOB_ID.match(job_id):
             raise ValueError("job ids are 32 lowercase hex digits")
-        now = time.time() if now is None else now
-        self._write(self.directory / f"{job_id}.png", png)
-        self._write(self.directory / f"{job_id}.json", json.dumps({"requester": requester, "created": now}).encode())
-        self.prune(now)
+        now = self.clock() if now is None else now
+        with self.db.transaction() as conn:
+            old = conn.execute("SELECT size FROM results WHERE job_id = ?", (job_id,)).fetchone()
+            conn.execute("INSERT OR REPLACE INTO results (job_id, requester, created, size, png) "
+                         "VALUES (?, ?, ?, ?, ?)", (job_id, requester, now, len(png), png))
+        with self._totals:
+            self.count += old is None
+            self.total_bytes += len(png) - (old[0] if old else 0)
+            over = self.total_bytes > self.max_bytes
+        if over:
+            self.on_over_bound()
 
     def get(self, job_id: str, now: float | None = None) -> StoredResult | None:
         if not _JOB_ID.match(job_id):
             return None
-        now = time.time() if now is None else now
-        try:
-            meta = json.loads((self.directory / f"{job_id}.json").read_text())
-            png = (self.directory / f"{job_id}.png").read_bytes()
-        except (OSError, ValueError):
+        now = self.clock() if now is None else now
+        with self.db.lock:
+            row = self.db.conn.execute("SELECT requester, created, png FROM results WHERE job_id = ?",
+                                       (job_id,)).fetchone()
+        if row is None or now - row[1] > self.keep_s:
             return None
-        if now - meta.get("created", 0) > self.keep_s:
-            return None
-        return StoredResult(job_id, meta["requester"], meta["created"], png)
+        return StoredResult(job_id, row[0], row[1], bytes(row[2]))
 
-    def prune(self, now: float | None = None) -> int:
-        """Drop expired results, then the oldest until within the size bound. Returns how many."""
-        now = time.time() if now is None else now
-        entries = []
-        for meta_path in self.directory.glob("*.json"):
-            png_path = meta_path.with_suffix(".png")
-            try:
-                created = json.loads(meta_path.read_text()).get("created", 0)
-                size = png_path.stat().st_size
-            except (OSError, ValueError):
-                created, size = 0, 0
-            entries.append((created, size, meta_path, png_path))
-        entries.sort()
-        total = sum(e[1] for e in entries)
-        dropped = 0
-        for created, size, meta_path, png_path in entries:
-            if now - created <= self.keep_s and total <= self.max_bytes:
-                continue
-            for p in (png_path, meta_path):
-                p.unlink(missing_ok=True)
-            total -= size
-            dropped += 1
-        return dropped
+    def prune_pass(self, now: float | None = None, batch: int = 500, max_bytes: int | None = None) -> bool:
+        """Drop at most ``batch`` results and about ``max_bytes`` (at least one result): expired
+        ones first, then the oldest while over the size bound. True if more would go (call again)."""
+        now = self.clock() if now is None else now
+        budget = max_bytes if max_bytes is not None else float("inf")
+        doomed: list[tuple[str, int]] = []
+        freed = 0
 
-    @staticmethod
-    def _write(path: Path, data: bytes) -> None:
-        tmp = path.with_name(f".{path.name}.tmp")
-        # No fsync: rename already guarantees a whole file or none, which covers process crashes
-        # and restarts; surviving a power cut as well would cost two fsyncs (~100 ms here) per job.
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        def take(job_id: str, size: int) -> bool:
+            nonlocal freed
+            if len(doomed) >= batch or (doomed and freed + size > budget):
+                return False
+            doomed.append((job_id, size))
+            freed += size
+            return True
+
+        with self.db.transaction() as conn:
+            for job_id, size in conn.execute("SELECT job_id, size FROM results WHERE created < ? "
+                                             "ORDER BY created LIMIT ?", (now - self.keep_s, batch)).fetchall():
+                if not take(job_id, size):
+                    break
+            over = self.total_bytes - freed - self.max_bytes
+            if over > 0:
+                taken = {job_id for job_id, _ in doomed}
+                for job_id, size in conn.execute("SELECT job_id, size FROM results ORDER BY created LIMIT ?",
+                                                 (batch,)).fetchall():
+                    if over <= 0:
+                        break
+                    if job_id in taken:
+                        continue
+                    if not take(job_id, size):
+                        break
+                    over -= size
+            conn.executemany("DELETE FROM results WHERE job_id = ?", [(job_id,) for job_id, _ in doomed])
+            expired_left = conn.execute("SELECT 1 FROM results WHERE created < ? LIMIT 1",
+                                        (now - self.keep_s,)).fetchone() is not None
+        with self._totals:
+            self.count -= len(doomed)
+            self.total_bytes -= freed
+            over_bound = self.total_bytes > self.max_bytes and self.count > 0
+        return bool(doomed) and (expired_left or over_bound)

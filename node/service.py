@@ -8,15 +8,30 @@ Refusals are logged at most a few per minute per code (``quiet_log``): a peer ca
 A peer can never crash the node: every stream handler ends in a catch-all that logs and resets
 the stream. Every write has a deadline, and a peer that does not read is treated as gone
 (py-libp2p stalls a connection whose peer leaves large writes unread; see docs/decisions.md).
+
+Generation runs on one long-lived thread per service (``GenerationThread``), not a fresh worker
+thread per job: on CUDA a job on a new thread cost 0.4-0.7 s more (docs/benchmarks.md, H100), and
+trio ends idle cached worker threads after 10 s, so a node with sparse jobs would pay it every
+job. The thread takes one job at a time (the service's GPU lock admits one anyway), stops a job
+when the node shuts down (``on_step`` checks the flag and raises ``GenerationCancelled``), hands
+its outcome back to the trio loop, and ends when the service is garbage-collected.
+
+Everything that touches the disk (storing a result, fetching one, writing a job's replay keys)
+runs in trio's worker threads: its cost does not grow with what the node holds
+(node/state_store.py), and the loop never waits on the disk.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
+import sqlite3
 import threading
 import time
+import weakref
 from typing import Any, Callable, Protocol
 
+import outcome
 import trio
 
 from ..attestation.png import embed_provenance
@@ -57,6 +72,55 @@ class GenerationCancelled(Exception):
     """Raised inside the generation thread to stop a job when the node shuts down."""
 
 
+class GenerationThread:
+    """One long-lived thread that runs blocking calls one at a time for the trio loop."""
+
+    def __init__(self, name: str = "pointillist-generation") -> None:
+        self.name = name
+        self._calls: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    async def run(self, fn: Callable[[], Any]) -> Any:
+        """``fn()`` on the thread; its value, or its exception raised here. Not cancellable once
+        started (as ``trio.to_thread.run_sync``): a caller that must stop it makes ``fn`` return."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=_serve_calls, args=(self._calls,), name=self.name, daemon=True)
+            self._thread.start()
+        token = trio.lowlevel.current_trio_token()
+        done = trio.Event()
+        box: list[outcome.Outcome] = []
+
+        def deliver(result: outcome.Outcome) -> None:
+            box.append(result)
+            try:
+                token.run_sync_soon(done.set)
+            except trio.RunFinishedError:
+                pass
+
+        self._calls.put((fn, deliver))
+        with trio.CancelScope(shield=True):
+            await done.wait()
+        return box[0].unwrap()
+
+    def close(self) -> None:
+        """Let the thread end once it has finished what it holds."""
+        self._calls.put(None)
+
+
+def _serve_calls(calls: queue.SimpleQueue) -> None:
+    while True:
+        call = calls.get()
+        if call is None:
+            return
+        fn, deliver = call
+        result = outcome.capture(fn)
+        # Nothing of the last call may stay referenced while waiting for the next: ``fn`` holds
+        # the service, and the thread ends only once the service is collected.
+        del call, fn
+        deliver(result)
+        del deliver, result
+
+
 class Model(Protocol):
     """What the service needs of a loaded model (``pipeline.LoadedModel`` provides it)."""
 
@@ -94,7 +158,7 @@ class JobService:
         policy: Policy | None = None,
         replay: ReplayCache | None = None,
         results: ResultStore | None = None,
-        save_replay: Callable[[ReplayCache], None] | None = None,
+        save_replay: Callable[[list[tuple[str, int]]], None] | None = None,
         clock: Callable[[], float] = time.time,
         make_params: Callable[[SignedJob], Any] | None = None,
     ) -> None:
@@ -102,12 +166,16 @@ class JobService:
         self.models = models
         self.policy = policy or Policy()
         self.limits: NodeLimits = self.policy.limits
-        self.admission = Admission(identity.peer_id, models, self.policy, replay=replay, save_replay=save_replay)
+        self.admission = Admission(identity.peer_id, models, self.policy, replay=replay)
         self.replay = self.admission.replay
         self.results = results
+        #: writes a newly remembered job's replay keys to disk (blocking; called in a worker thread)
+        self._save_replay = save_replay
         self.clock = clock
         self._make_params = make_params or _default_params
         self._gpu = trio.Lock()  # one generation at a time on this device
+        self._generation = GenerationThread()
+        weakref.finalize(self, self._generation.close)  # the thread must not keep the service alive
         self._waiting = 0  # jobs admitted and not yet finished (running one included)
         self._shutting_down = threading.Event()
         #: called (no arguments) whenever the queue changes, to re-advertise capacity
@@ -171,7 +239,8 @@ class JobService:
         self.events.emit(accepted)
         started = generated_at = None
         try:
-            log.info("job %s from %s accepted (%d ahead)", request.job_id, job.requester, self._waiting - 1)
+            log.debug("job %s from %s accepted (%d ahead)", request.job_id, job.requester, self._waiting - 1)
+            await self._remember(request)
             await self._write(stream, AcceptedMessage(t="accepted", jobId=request.job_id, position=self._waiting - 1))
             async with self._gpu:
                 started = time.monotonic()
@@ -187,19 +256,32 @@ class JobService:
         finally:
             self._waiting -= 1
             self.on_change()
-        log.info("job %s done (%d bytes)", request.job_id, len(png))
+        log.debug("job %s done (%d bytes)", request.job_id, len(png))
         delivered = False
         try:
             if self.results is not None:
                 # Kept before sending: if the requester is gone, it can fetch the result later.
                 try:
                     await trio.to_thread.run_sync(self.results.put, request.job_id, job.requester, png)
-                except OSError as exc:  # a full disk must not cost the requester its image
+                except (OSError, sqlite3.Error) as exc:  # a full disk must not cost the requester its image
                     log.warning("job %s: result not stored (%s); sending it anyway", request.job_id, exc)
             await self._write(stream, ResultMessage(t="result", jobId=request.job_id, png=png))
             delivered = True
         finally:
             self._finished(accepted, started, generated_at, None, len(png), delivered)
+
+    async def _remember(self, request: Any) -> None:
+        """The job's replay keys on disk before "accepted" goes out, so that a crash right after
+        does not let the same signed job run again. One INSERT in a worker thread: its cost does
+        not grow with the keys held, and the loop never waits on the disk. A failed write is
+        logged and the job runs: the cache in memory still refuses replays until a restart."""
+        if self._save_replay is None:
+            return
+        entries = [(key, request.expires_at) for key in ReplayCache.keys(request.job_id, request.nonce)]
+        try:
+            await trio.to_thread.run_sync(self._save_replay, entries)
+        except (OSError, sqlite3.Error) as exc:
+            log.warning("job %s: replay keys not written to disk (%s)", request.job_id, exc)
 
     def _finished(self, accepted: JobAccepted, started: float | None, generated_at: float | None,
                   code: ErrorCode | None, png_bytes: int = 0, delivered: bool = True) -> None:
@@ -213,7 +295,7 @@ class JobService:
 
     async def _fetch(self, stream: Any, message: FetchMessage) -> None:
         request, requester = self.admission.check_fetch(message.envelope.to_envelope(), now=self.clock())
-        stored = self.results.get(request.job_id) if self.results is not None else None
+        stored = await trio.to_thread.run_sync(self.results.get, request.job_id) if self.results is not None else None
         if stored is None or stored.requester != requester:  # never tell others what exists
             raise JobRejected(ErrorCode.NOT_FOUND, f"no stored result for job {request.job_id} of this requester")
         await self._write(stream, ResultMessage(t="result", jobId=stored.job_id, png=stored.png))
@@ -265,7 +347,7 @@ class JobService:
             # Failures are raised after the nursery: raised inside, trio would wrap them in an
             # ExceptionGroup and the requester would get a generic "internal error".
             try:
-                await trio.to_thread.run_sync(work)
+                await self._generation.run(work)
             except GenerationCancelled as exc:
                 failure = JobRejected(ErrorCode.BUSY, f"node is shutting down ({exc})")
             except JobRejected as exc:
@@ -296,6 +378,8 @@ class JobService:
             request_sha256=job.payload_sha256,
             node=self.identity.peer_id,
             created_at=rfc3339_utc(self.clock()),
+            # A job naming a sampler (v2) gets predicate v2, which records the scheduler's config.
+            scheduler_config=None if r.sampler is None else generated.scheduler_config,
         )
         envelope = attest(self.identity, record, generated.image)
         return embed_provenance(generated.image, envelope, job.envelope)

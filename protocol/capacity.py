@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import msgpack
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from .dsse import Envelope, sign_envelope
 from .errors import RemoteError
@@ -22,6 +22,9 @@ from .identity import Identity
 from .signed import open_signed
 
 CAPACITY_PAYLOAD_TYPE = "application/vnd.pointillist.capacity.v1+json"
+#: Record versions read here. v2 adds each model's ``family`` and ``warm``; nodes publish v2.
+#: Nodes before v2 drop v2 records (their schema is closed), so they do not see newer nodes.
+RECORD_VERSIONS = (1, 2)
 MAX_RECORD_BYTES = 8 * 1024
 #: A record lives this long unless renewed; nodes renew every ``HEARTBEAT_S``.
 RECORD_TTL_S = 90
@@ -46,6 +49,10 @@ class ServedModel(_Strict):
     digest: _Digest
     pipeline: _Short
     max_side: int = Field(alias="maxSide", ge=8, le=16384)
+    # v2: the architecture family ("sd15", "sdxl", …; null when unknown) and whether the model is
+    # on the device now (a cold one costs a load before the job starts).
+    family: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9.-]{0,31}$")] | None = None
+    warm: bool = True
 
 
 class Device(_Strict):
@@ -62,7 +69,7 @@ class Speed(_Strict):
 
 
 class CapacityRecord(_Strict):
-    v: int = Field(1, ge=1, le=1)
+    v: int = Field(2, ge=min(RECORD_VERSIONS), le=max(RECORD_VERSIONS))
     peer_id: PeerIdStr = Field(alias="peerId")
     addrs: list[_Addr] = Field(max_length=16)
     device: Device
@@ -75,6 +82,12 @@ class CapacityRecord(_Strict):
     seq: int = Field(ge=0, lt=2**63)
     issued_at: int = Field(alias="issuedAt", ge=0)
     expires_at: int = Field(alias="expiresAt", ge=0)
+
+    @model_validator(mode="after")
+    def _v1_has_no_v2_members(self) -> "CapacityRecord":
+        if self.v == 1 and any({"family", "warm"} & m.model_fields_set for m in self.models):
+            raise ValueError("family and warm are members of v2 records")
+        return self
 
     def to_payload(self) -> bytes:
         import json
@@ -108,23 +121,39 @@ def encode_record(identity: Identity, record: CapacityRecord) -> bytes:
     return data
 
 
+class RecordRejected(RemoteError):
+    """A record dropped by ``decode_record``; ``reason`` is a short fixed word for counting
+    (metrics, ``node status``), the message says the details."""
+
+    reason = "malformed"
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
+
+
+class BadRecordSignature(RecordRejected):
+    reason = "signature"
+
+
 def decode_record(data: bytes, now: float, sender: str | None = None) -> CapacityRecord:
-    """Check and parse a record from the network; ``RemoteError`` says why it was dropped."""
+    """Check and parse a record from the network; ``RecordRejected`` says why it was dropped."""
     if len(data) > MAX_RECORD_BYTES:
-        raise RemoteError(f"record of {len(data)} bytes exceeds {MAX_RECORD_BYTES}")
+        raise RecordRejected(f"record of {len(data)} bytes exceeds {MAX_RECORD_BYTES}", "too_large")
     envelope = _unpack(data)
-    record = open_signed(envelope, CAPACITY_PAYLOAD_TYPE, _record_schema, what="record", error=RemoteError,
-                         signature_error=RemoteError)
+    record = open_signed(envelope, CAPACITY_PAYLOAD_TYPE, _record_schema, what="record", error=RecordRejected,
+                         signature_error=BadRecordSignature)
     if record.peer_id != envelope.keyid:
-        raise RemoteError(f"record for {record.peer_id} is signed by {envelope.keyid}")
+        raise RecordRejected(f"record for {record.peer_id} is signed by {envelope.keyid}", "wrong_signer")
     if sender is not None and sender != record.peer_id:
-        raise RemoteError(f"record for {record.peer_id} was published by {sender}")
+        raise RecordRejected(f"record for {record.peer_id} was published by {sender}", "wrong_sender")
     if record.expires_at <= now:
-        raise RemoteError("record has expired")
+        raise RecordRejected("record has expired", "expired")
     if record.expires_at - record.issued_at > MAX_TTL_S:
-        raise RemoteError("record lifetime is out of bounds")
+        raise RecordRejected("record lifetime is out of bounds", "bad_lifetime")
     if record.issued_at > now + MAX_CLOCK_SKEW_S:
-        raise RemoteError("record is issued in the future (check the node's clock)")
+        raise RecordRejected("record is issued in the future (check the node's clock)", "from_future")
     return record
 
 
@@ -133,10 +162,10 @@ def _unpack(data: bytes) -> Envelope:
         obj: Any = msgpack.unpackb(data, raw=False, strict_map_key=True, max_bin_len=MAX_RECORD_BYTES,
                                    max_str_len=MAX_RECORD_BYTES, max_array_len=64, max_map_len=64)
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
-        raise RemoteError(f"record is not msgpack ({type(exc).__name__})") from exc
+        raise RecordRejected(f"record is not msgpack ({type(exc).__name__})") from exc
     if not isinstance(obj, dict) or set(obj) != {"payloadType", "payload", "keyid", "sig"}:
-        raise RemoteError("record must be a map of payloadType, payload, keyid, sig")
+        raise RecordRejected("record must be a map of payloadType, payload, keyid, sig")
     if not (isinstance(obj["payloadType"], str) and isinstance(obj["payload"], bytes)
             and isinstance(obj["keyid"], str) and isinstance(obj["sig"], bytes)):
-        raise RemoteError("record envelope has wrong types")
+        raise RecordRejected("record envelope has wrong types")
     return Envelope(obj["payloadType"], obj["payload"], obj["keyid"], obj["sig"])

@@ -80,6 +80,7 @@ class ErrorCode(enum.StrEnum):
     NOT_FOUND = "not-found"  # fetch: no stored result for that job id (or not yours)
     TIMEOUT = "timeout"  # the node gave up waiting for the request
     INTERNAL = "internal"  # the node failed while running the job
+    OUT_OF_MEMORY = "out-of-memory"  # the job did not fit the node's device memory; it keeps serving
 
     @property
     def retry(self) -> Retry:
@@ -94,6 +95,10 @@ _RETRY = {
     ErrorCode.RATE_LIMITED: Retry.LATER,
     ErrorCode.INTERNAL: Retry.ELSEWHERE_AND_AVOID,
     ErrorCode.TIMEOUT: Retry.ELSEWHERE_AND_AVOID,
+    # The node accepted a job it advertised it could run and then could not: its estimate or its
+    # free memory was wrong (often a GPU shared with other programs), and the same will likely
+    # happen to the next job of that size. Avoid it briefly; it stays a candidate behind others.
+    ErrorCode.OUT_OF_MEMORY: Retry.ELSEWHERE_AND_AVOID,
 }
 
 

@@ -5,8 +5,13 @@ the attestation states them (``GenerationRecord.settings``) and the verifier com
 with the statement's as a whole (``job.settings == record.settings``). A setting added here is
 therefore carried, stated and checked everywhere, or some test fails.
 
-``SETTINGS_MEMBERS`` is their JSON schema, the same in the job and in the predicate; the
+``SETTINGS_MEMBERS`` is their JSON schema, the same in the job and in the predicate (format
+version 1); ``SETTINGS_MEMBERS_V2`` adds ``sampler`` (job v2, predicate generation/v2). The
 pipeline keeps its own checks before spending GPU time. Pure code: no pydantic, no torch.
+
+Samplers are named as AUTOMATIC1111 names them (``SAMPLERS``); ``node/samplers.py`` maps each
+name to a diffusers scheduler. ``sampler`` is ``None`` in a version 1 job: the model's own
+scheduler, as before samplers existed.
 """
 
 from __future__ import annotations
@@ -38,10 +43,14 @@ class GenerationSettings:
     guidance: float = _json("guidance")
     width: int = _json("width")
     height: int = _json("height")
+    #: The A1111 sampler name (``SAMPLERS``), or ``None``: the model's own scheduler (format v1).
+    sampler: str | None = field(default=None, metadata={"json": "sampler"})
 
     def to_json_dict(self) -> dict[str, Any]:
         """The JSON members as both the job and the predicate write them."""
         out = {json_name(f.name): getattr(self, f.name) for f in dataclasses.fields(self)}
+        if self.sampler is None:  # format v1 has no such member
+            del out["sampler"]
         out["seed"] = str(self.seed)
         out["guidance"] = float(self.guidance)
         return out
@@ -72,8 +81,43 @@ SETTINGS_MEMBERS: dict[str, schema.Check] = {
     "height": schema.integer(8, 8192),
 }
 
+#: Format version 2 (job v2, predicate generation/v2): the same plus the sampler's A1111 name.
+#: Any name of 1-100 characters parses; whether a node can run it is the node's business
+#: (admission refuses an unknown one with ``invalid-params``), so a verifier needs no list.
+SETTINGS_MEMBERS_V2: dict[str, schema.Check] = {
+    **SETTINGS_MEMBERS,
+    "sampler": schema.string(1, 100),
+}
+
+#: The sampler names a job may give, as AUTOMATIC1111's web UI writes them in ``Sampler:``.
+SAMPLERS: tuple[str, ...] = (
+    "Euler",
+    "Euler a",
+    "Heun",
+    "DPM++ 2M",
+    "DPM++ 2M Karras",
+    "DPM++ 2M SDE",
+    "DPM++ 2M SDE Karras",
+    "DPM++ SDE Karras",
+    "LMS",
+    "LMS Karras",
+    "DDIM",
+    "PLMS",
+    "UniPC",
+    "LCM",
+)
+
+
+def sampler_problem(name: object) -> str | None:
+    """A one-line reason why ``name`` is no sampler of ``SAMPLERS``, or ``None`` if it is one.
+    Names are exact (A1111's spelling, case and spaces)."""
+    if name in SAMPLERS:
+        return None
+    return f"unknown sampler {name!r}; samplers are: {', '.join(SAMPLERS)}"
+
 
 def settings_from_json(values: dict[str, Any]) -> GenerationSettings:
-    """The settings among members already checked against ``SETTINGS_MEMBERS``."""
-    fields = {name: values[json_name(name)] for name in SETTING_NAMES}
+    """The settings among members already checked against ``SETTINGS_MEMBERS`` (``sampler``
+    ``None``) or ``SETTINGS_MEMBERS_V2``."""
+    fields = {name: values.get(json_name(name)) for name in SETTING_NAMES}  # sampler: v2 only
     return GenerationSettings(**{**fields, "seed": int(fields["seed"])})

@@ -10,9 +10,9 @@ Per attempt, what a node's answer leads to (``ErrorCode.retry``, docs/protocol.m
 * ``busy`` / ``rate-limited`` (``Retry.LATER``): try the next node now, this one again in a later
   round; no penalty;
 * another refusal (``Retry.ELSEWHERE``): this node will not run this job; try the next;
-* ``internal`` / ``timeout`` (``Retry.ELSEWHERE_AND_AVOID``), an unreachable or silent node, a
-  malformed reply, an image that does not verify: try the next and avoid this node for a while
-  (``PeerBackoff``);
+* ``internal`` / ``timeout`` / ``out-of-memory`` (``Retry.ELSEWHERE_AND_AVOID``), an unreachable
+  or silent node, a malformed reply, an image that does not verify: try the next and avoid this
+  node for a while (``PeerBackoff``);
 * the connection breaks *after* the node accepted the job: the node keeps running it and stores
   the result, so ask it for the result (``fetch``) before going elsewhere.
 

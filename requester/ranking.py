@@ -3,7 +3,9 @@
 Eligible: serves the requested model (by name or digest), accepts jobs, has a free queue slot,
 and its largest side covers the request. Ranked by estimated time to finish: the job's steps at
 the node's measured speed, scaled by pixels relative to its reference size, plus one job's worth
-of waiting per queued job, plus the observed network latency when we have one.
+of waiting per queued job, plus the observed network latency when we have one, plus
+``COLD_MODEL_S`` when the node's record says the model is not on its device (it must load it
+first), so among otherwise similar nodes a warm one wins.
 """
 
 from __future__ import annotations
@@ -12,6 +14,11 @@ from dataclasses import dataclass
 
 from ..protocol.capacity import CapacityRecord
 from .transport import NodeAddress
+
+
+#: What loading a cold model costs before the job starts: SD-1.5 from RAM to a GPU takes a few
+#: seconds, from disk tens of seconds; one figure, since the record does not say which.
+COLD_MODEL_S = 15.0
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,7 @@ def rank_nodes(
             continue
         if max(width, height) > served.max_side:
             continue
-        out.append(Candidate(r, estimate_seconds(r, steps, width, height, latency_s.get(r.peer_id, 0.0))))
+        estimate = estimate_seconds(r, steps, width, height, latency_s.get(r.peer_id, 0.0))
+        out.append(Candidate(r, estimate + (0.0 if served.warm else COLD_MODEL_S)))
     out.sort(key=lambda c: (c.estimate_s, c.record.peer_id))
     return out

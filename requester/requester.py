@@ -26,7 +26,7 @@ import trio
 from ..protocol.errors import PointillistError, UsageError, VerificationError
 from ..protocol.identity import Identity
 from ..protocol.jobs import JobRequest, new_job_request
-from ..protocol.settings import GenerationSettings
+from ..protocol.settings import GenerationSettings, sampler_problem
 from .backoff import PeerBackoff
 from .failover import PATIENCE_S, Failover, Hooks, Outcome, fetch_when_done, verify_result
 from .journal import Journal, JournalEntry
@@ -39,7 +39,10 @@ MAX_PARALLEL = 8
 
 @dataclass(frozen=True)
 class JobSpec:
-    """What to generate: a model (name, digest, or a digest prefix of ≥ 10 hex) and its settings."""
+    """What to generate: a model (name, digest, or a digest prefix of ≥ 10 hex) and its settings.
+
+    ``settings.sampler`` names an A1111 sampler (``SAMPLERS``; the job is then format version
+    2) or is ``None`` (version 1: the model's own scheduler)."""
 
     model: str
     settings: GenerationSettings
@@ -47,6 +50,8 @@ class JobSpec:
 
     def request_for(self, node: str, now: int) -> JobRequest:
         """The job signed for ``node``; ``UsageError`` for settings no node would take."""
+        if self.settings.sampler is not None and (problem := sampler_problem(self.settings.sampler)) is not None:
+            raise UsageError(problem)
         return new_job_request(node=node, model=self.model, now=now, lifetime_s=self.lifetime_s,
                                **dataclasses.asdict(self.settings))
 

@@ -14,6 +14,7 @@ import trio.testing
 
 from pointillist.node.admission import JOB_CHECK_ORDER, Admission
 from pointillist.node.limits import NodeLimits
+from pointillist.node.memory_fit import MARGIN, MemoryFit
 from pointillist.node.policy import Policy, RequesterPolicy
 from pointillist.node.replay import ReplayCache
 from pointillist.node.service import JobService, ServedModels
@@ -42,7 +43,7 @@ def job(**changes):
 # the rows after it, so the code it gets proves that its check runs before all later ones.
 FAULTS = [
     "bad-signature", "bad-schema", "expired", "wrong-node", "forbidden", "unknown-model", "invalid-params",
-    "shutting-down", "queue-full", "replayed", "rate-limited", "replay-cache-full",
+    "too-big-for-gpu", "shutting-down", "queue-full", "replayed", "rate-limited", "replay-cache-full",
 ]
 EXPECTED = [code for _, code in JOB_CHECK_ORDER]
 
@@ -53,12 +54,16 @@ def admission_with(faults: set[str]) -> tuple[Admission, dict]:
                                  jobs_per_minute=60, burst=1)
     prefilled = 2 * ("replayed" in faults) + 2  # keys remembered below: this job's, and one other job's
     replay = ReplayCache(max_entries=prefilled + 1 if "replay-cache-full" in faults else 1000)
-    admission = Admission(NODE.peer_id, ServedModels([MODEL]), Policy(limits=limits, requesters=requesters), replay=replay)
+    # Measured GPU memory (node/memory_fit.py): room for 64x64 (4,096 px), not for 64x72.
+    fit = MemoryFit(budget=1000 + int(4096 * 10 * MARGIN) + 1, weights=1000, per_pixel=10, source="test")
+    model = SimpleNamespace(name=MODEL.name, digest=MODEL.digest, memory_fit=fit)
+    admission = Admission(NODE.peer_id, ServedModels([model]), Policy(limits=limits, requesters=requesters), replay=replay)
     request = job(
         now=NOW - 7200 if "expired" in faults else NOW,
         node=OTHER.peer_id if "wrong-node" in faults else NODE.peer_id,
         model="no-such-model" if "unknown-model" in faults else "tiny-sd",
         steps=500 if "invalid-params" in faults else 4,
+        height=72 if "too-big-for-gpu" in faults else 64,
     )
     if "replayed" in faults:
         admission.replay.check_and_remember(request.job_id, request.nonce, request.expires_at, NOW)
@@ -76,7 +81,9 @@ def admission_with(faults: set[str]) -> tuple[Admission, dict]:
 
 
 def test_the_table_covers_every_code_a_job_can_earn():
-    frame_level = {ErrorCode.FRAME_TOO_LARGE, ErrorCode.TIMEOUT, ErrorCode.INTERNAL, ErrorCode.NOT_FOUND}
+    # Earned outside admission: by the frame reader, the fetch path, or while the job runs.
+    frame_level = {ErrorCode.FRAME_TOO_LARGE, ErrorCode.TIMEOUT, ErrorCode.INTERNAL, ErrorCode.NOT_FOUND,
+                   ErrorCode.OUT_OF_MEMORY}
     assert set(EXPECTED) | frame_level == set(ErrorCode)
     assert len(FAULTS) == len(JOB_CHECK_ORDER)
 

@@ -398,3 +398,81 @@ def test_spec_is_enough_for_an_independent_verifier() -> None:
         "name": f"rgb8:{pixels.width}x{pixels.height}",
         "digest": {"sha256": hashlib.sha256(pixels.tobytes()).hexdigest()},
     }
+
+
+# --- predicate generation/v2: sampler and scheduler config ----------------------------------------
+
+
+def _v2_record() -> GenerationRecord:
+    request = V.job_request("4123456789abcdef0123456789abcdef", "a lighthouse", sampler=V.SAMPLER)
+    return V.record_for(sign_job(V.REQUESTER, request), request)
+
+
+def _v2_payload() -> dict:
+    return json.loads(attest(V.NODE, _v2_record(), V.gradient()).payload)
+
+
+def test_v2_statement_round_trips_sampler_and_config() -> None:
+    record = _v2_record()
+    statement = parse_statement(attest(V.NODE, record, V.gradient()).payload)
+    assert statement.record == record and statement.record.scheduler_config == V.SAMPLER_CONFIG
+    assert statement.record.predicate_type == "https://pointillist.dev/attestation/generation/v2"
+    assert statement.to_json_dict()["predicate"]["sampler"] == V.SAMPLER
+
+
+V2_CONFIG_BAD = [
+    ({}, "must hold 1 to 100"),
+    ({f"k{i}": 1 for i in range(101)}, "must hold 1 to 100"),
+    ({"_class_name": "x"}, "member names must match"),
+    ({"a-b": 1}, "member names must match"),
+    ({"nested": {"a": 1}}, "must be null, a boolean, a number or a string"),
+    ({"nested": [[1]]}, "must be null, a boolean, a number or a string"),
+    ({"big": 2**63}, "integer out of range"),
+    ({"long": "x" * 201}, "at most 200 characters"),
+    ({"many": [0.5] * 2001}, "at most 2000 items"),
+]
+
+
+@pytest.mark.parametrize("config,reason", V2_CONFIG_BAD, ids=[r for _, r in V2_CONFIG_BAD])
+def test_v2_scheduler_config_rules(config: dict, reason: str) -> None:
+    obj = _v2_payload()
+    obj["predicate"]["schedulerConfig"] = config
+    with pytest.raises(VerificationError, match=reason):
+        parse_statement(json.dumps(obj).encode())
+
+
+def test_v2_scheduler_config_accepts_json_scalars_and_flat_arrays() -> None:
+    obj = _v2_payload()
+    obj["predicate"]["schedulerConfig"] = {"a": None, "b": True, "c": -(2**63), "d": 1e-300, "e": "-Infinity",
+                                           "trained_betas": [0.1] * 1000, "f": []}
+    assert parse_statement(json.dumps(obj).encode()).record.scheduler_config["c"] == -(2**63)
+
+
+@pytest.mark.parametrize("predicate_type,member,reason", [
+    ("https://pointillist.dev/attestation/generation/v1", "sampler", "predicate.sampler: unknown member"),
+    ("https://pointillist.dev/attestation/generation/v3", None, "expected"),
+])
+def test_v2_members_belong_to_v2_only(predicate_type: str, member, reason: str) -> None:
+    obj = _v2_payload()
+    obj["predicateType"] = predicate_type
+    with pytest.raises(VerificationError, match=reason):
+        parse_statement(json.dumps(obj).encode())
+
+
+def test_build_statement_keeps_versions_apart() -> None:
+    v1 = make_signed().record
+    with pytest.raises(UsageError, match="has no scheduler config"):
+        attest(V.NODE, dataclasses.replace(v1, scheduler_config={"a": 1}), V.gradient())
+    with pytest.raises(UsageError, match="needs its scheduler config"):
+        attest(V.NODE, dataclasses.replace(_v2_record(), scheduler_config=None), V.gradient())
+    with pytest.raises(UsageError, match="not JSON compliant"):  # infinities must be spelled as strings
+        attest(V.NODE, dataclasses.replace(_v2_record(), scheduler_config={"x": float("inf")}), V.gradient())
+    with pytest.raises(UsageError, match="schedulerConfig"):
+        attest(V.NODE, dataclasses.replace(_v2_record(), scheduler_config={"x": {"y": 1}}), V.gradient())
+
+
+def test_a1111_sampler_is_the_sampler_name_in_v2_and_the_class_in_v1() -> None:
+    from pointillist.attestation import a1111_parameters
+
+    assert ", Sampler: DPM++ 2M Karras, " in a1111_parameters(_v2_record())
+    assert ", Sampler: PNDMScheduler, " in a1111_parameters(make_signed().record)

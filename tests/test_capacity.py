@@ -6,7 +6,7 @@ import msgpack
 import pytest
 
 from pointillist.network.directory import PeerDirectory
-from pointillist.requester.ranking import rank_nodes
+from pointillist.requester.ranking import COLD_MODEL_S, estimate_seconds, rank_nodes
 from pointillist.protocol.capacity import (
     CAPACITY_PAYLOAD_TYPE,
     MAX_CLOCK_SKEW_S,
@@ -98,11 +98,36 @@ def test_garbage_is_dropped(data, reason):
 
 
 def test_unknown_fields_are_dropped():
-    payload = record().to_payload().replace(b'"v":1', b'"v":1,"extra":true')
+    payload = record().to_payload().replace(b'"v":2', b'"v":2,"extra":true')
     env = sign_envelope(A, CAPACITY_PAYLOAD_TYPE, payload)
     data = msgpack.packb({"payloadType": env.payload_type, "payload": env.payload, "keyid": env.keyid, "sig": env.sig})
     with pytest.raises(RemoteError, match="extra"):
         decode_record(data, NOW)
+
+
+def _signed(payload: bytes) -> bytes:
+    env = sign_envelope(A, CAPACITY_PAYLOAD_TYPE, payload)
+    return msgpack.packb({"payloadType": env.payload_type, "payload": env.payload, "keyid": env.keyid, "sig": env.sig})
+
+
+def test_v2_records_say_each_models_family_and_warmth():
+    r = record(models=(("tiny-sd", TINY), ("other", OTHER)))
+    r = r.model_copy(update={"models": [r.models[0].model_copy(update={"family": "sd15"}),
+                                        r.models[1].model_copy(update={"warm": False})]})
+    back = decode_record(encode_record(A, r), NOW)
+    assert back.v == 2 and [(m.family, m.warm) for m in back.models] == [("sd15", True), (None, False)]
+
+
+def test_v1_records_of_older_nodes_still_read_and_count_as_warm():
+    payload = record().to_payload()
+    v1 = payload.replace(b'"v":2', b'"v":1').replace(b',"family":null', b"").replace(b',"warm":true', b"")
+    assert b"warm" not in v1 and b"family" not in v1
+    back = decode_record(_signed(v1), NOW)
+    assert back.v == 1 and back.models[0].warm and back.models[0].family is None
+    with pytest.raises(RemoteError, match="v2"):  # v2 members in a v1 record: not a v1 record
+        decode_record(_signed(v1.replace(b'"maxSide":2048', b'"maxSide":2048,"warm":false')), NOW)
+    with pytest.raises(RemoteError):
+        decode_record(_signed(payload.replace(b'"v":2', b'"v":3')), NOW)
 
 
 def test_directory_keeps_newest_and_refuses_replays():
@@ -148,3 +173,17 @@ def test_ranking_skips_full_or_closed_and_counts_latency_and_queue():
     busy = record(identity=A, speed=100.0, queue_free=2)  # 6 queued
     assert rank_nodes([busy, slow_near], "tiny-sd", 4, 256, 256)[0].record.peer_id == B.peer_id
     assert rank_nodes([busy, slow_near], "tiny-sd", 4, 256, 256, exclude={B.peer_id})[0].record.peer_id == A.peer_id
+
+
+def test_ranking_prefers_a_node_with_the_model_warm():
+    def with_warmth(identity, warm, speed):
+        r = record(identity=identity, speed=speed)
+        return r.model_copy(update={"models": [r.models[0].model_copy(update={"warm": warm})]})
+
+    cold_fast, warm_slower = with_warmth(A, False, 50.0), with_warmth(B, True, 20.0)
+    ranked = rank_nodes([cold_fast, warm_slower], "tiny-sd", 20, 512, 512)
+    assert [c.peer_id for c in ranked] == [B.peer_id, A.peer_id]
+    assert ranked[1].estimate_s - estimate_seconds(cold_fast, 20, 512, 512) == pytest.approx(COLD_MODEL_S)
+    # A cold node is still chosen when the warm one is far slower than a model load.
+    crawling = with_warmth(B, True, 0.5)
+    assert rank_nodes([cold_fast, crawling], "tiny-sd", 20, 512, 512)[0].peer_id == A.peer_id

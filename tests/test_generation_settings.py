@@ -9,13 +9,28 @@ import json
 
 import pytest
 
-from pointillist.attestation import attest, embed_provenance, parse_statement, verify_image
+from pointillist.attestation import a1111_parameters, attest, embed_provenance, parse_statement, verify_image
 from pointillist.protocol.dsse import Envelope, sign_envelope
-from pointillist.protocol.jobs import JOB_PAYLOAD_TYPE, open_job, sign_job
-from pointillist.protocol.settings import SETTING_NAMES, SETTINGS_MEMBERS, GenerationSettings, json_name, settings_from_json
+from pointillist.protocol.jobs import JOB_PAYLOAD_TYPE_V2, open_job, sign_job
+from pointillist.protocol.settings import (
+    SETTING_NAMES,
+    SETTINGS_MEMBERS,
+    SETTINGS_MEMBERS_V2,
+    GenerationSettings,
+    json_name,
+    settings_from_json,
+)
 from support import load_vector_generator
 
 V = load_vector_generator()
+
+
+def embed(image, attestation: Envelope, job: Envelope) -> bytes:
+    """The PNG a node writes (embed_provenance's chunks, in its order). Built from the vector
+    generator's pieces because attestation/png.py's embed_provenance still accepts only version 1
+    job envelopes."""
+    parameters = a1111_parameters(parse_statement(attestation.payload).record)
+    return V._encode_png(image, V.texts(attestation, job, parameters))
 
 #: A different valid value for each setting. Adding a setting without adding it here fails
 #: ``test_every_setting_has_an_alternative``, so the binding test below cannot skip it.
@@ -27,17 +42,19 @@ ALTERNATIVES = {
     "guidance": 7.25,
     "width": 24,
     "height": 32,
+    "sampler": "Euler a",
 }
 
 
 def signed_job(settings_json: dict | None = None) -> tuple[Envelope, object]:
-    request = V.job_request("00112233445566778899aabbccddeeff", "a lighthouse at dusk")
+    # Format version 2, which carries every setting (version 1 has no sampler).
+    request = V.job_request("00112233445566778899aabbccddeeff", "a lighthouse at dusk", sampler=V.SAMPLER)
     job = sign_job(V.REQUESTER, request)
     if settings_json is None:
         return job, request
     payload = {**json.loads(job.payload), **settings_json}
     data = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-    return sign_envelope(V.REQUESTER, JOB_PAYLOAD_TYPE, data), request
+    return sign_envelope(V.REQUESTER, JOB_PAYLOAD_TYPE_V2, data), request
 
 
 def test_every_setting_has_an_alternative() -> None:
@@ -57,7 +74,7 @@ def test_each_setting_changed_alone_in_the_job_breaks_the_binding(name: str) -> 
 
     # The attestation binds the other job's id and payload hash, so only the setting differs.
     record = dataclasses.replace(record, request_sha256=open_job(other_job).payload_sha256)
-    png = embed_provenance(image, attest(V.NODE, record, image), other_job)
+    png = embed(image, attest(V.NODE, record, image), other_job)
     check = verify_image(png).check("job binding")
     assert check.ok is False
     assert check.detail.endswith(f"differs from the attestation in {json_name(name)}")
@@ -85,7 +102,8 @@ def test_json_names_are_those_of_the_job_and_the_predicate() -> None:
 
 
 def test_one_json_schema_for_the_settings_in_job_and_predicate() -> None:
-    assert list(SETTINGS_MEMBERS) == [json_name(n) for n in SETTING_NAMES]
+    assert list(SETTINGS_MEMBERS_V2) == [json_name(n) for n in SETTING_NAMES]
+    assert list(SETTINGS_MEMBERS) == [json_name(n) for n in SETTING_NAMES if n != "sampler"]  # version 1
     job_json = json.loads(signed_job()[0].payload)
     assert settings_from_json(job_json) == signed_job()[1].settings
 
@@ -96,3 +114,19 @@ def test_settings_compare_as_values() -> None:
     assert a.differing(dataclasses.replace(a, seed=2, height=8)) == ["seed", "height"]
     with pytest.raises(dataclasses.FrozenInstanceError):
         a.seed = 3  # type: ignore[misc]
+
+
+def test_version_1_settings_have_no_sampler_and_bind_as_before() -> None:
+    request = V.job_request("00112233445566778899aabbccddeeff", "a lighthouse at dusk")
+    job = sign_job(V.REQUESTER, request)
+    assert request.settings.sampler is None and "sampler" not in json.loads(job.payload)
+    assert "sampler" not in request.settings.to_json_dict()
+    image = V.gradient()
+    png = embed_provenance(image, attest(V.NODE, V.record_for(job, request), image), job)
+    assert verify_image(png).ok
+    assert json.loads(attest(V.NODE, V.record_for(job, request), image).payload)["predicateType"].endswith("/v1")
+
+
+def test_sampler_none_and_a_sampler_differ() -> None:
+    a = GenerationSettings("p", "", 1, 20, 7.0, 64, 64)
+    assert a.differing(dataclasses.replace(a, sampler="Euler")) == ["sampler"]

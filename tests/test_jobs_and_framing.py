@@ -212,3 +212,61 @@ async def test_read_frame_survives_thousands_of_partial_reads():
 async def test_eof_midway_is_transport_error():
     with pytest.raises(TransportError):
         await framing.read_frame(ChunkyStream(b"\0\0\0\x10abc", 100), 100)
+
+
+# --- format version 2: a job naming a sampler -------------------------------------------------------
+
+from pointillist.protocol.jobs import JOB_PAYLOAD_TYPE_V2  # noqa: E402
+
+
+def test_a_job_without_sampler_is_version_1_byte_for_byte_as_before():
+    request = make_request()
+    assert request.v == 1 and request.sampler is None and "sampler" not in json.loads(request.to_payload())
+    assert sign_job(REQUESTER, request).payload_type == JOB_PAYLOAD_TYPE
+
+
+def test_a_job_with_sampler_is_version_2_and_round_trips():
+    request = make_request(sampler="Euler a")
+    envelope = sign_job(REQUESTER, request)
+    assert envelope.payload_type == JOB_PAYLOAD_TYPE_V2
+    assert json.loads(envelope.payload)["v"] == 2
+    job = open_job(Envelope.from_json(envelope.to_json()))
+    assert job.request == request and job.request.settings.sampler == "Euler a"
+
+
+V2_BAD = [
+    ("sampler", _MISSING, "sampler: missing"),
+    ("sampler", "", "sampler: must be at least 1 characters"),
+    ("sampler", "x" * 101, "sampler: must be at most 100 characters"),
+    ("sampler", 3, "sampler: must be a string"),
+    ("sampler", None, "sampler: must be a string"),
+    ("v", 1, "v: must be at least 2"),
+]
+
+
+@pytest.mark.parametrize("member,value,reason", V2_BAD, ids=[f"{m}={v!r}"[:30] for m, v, _ in V2_BAD])
+def test_version_2_job_schema_refuses(member, value, reason):
+    obj = json.loads(make_request(sampler="DDIM").to_payload())
+    if value is _MISSING:
+        del obj[member]
+    else:
+        obj[member] = value
+    with pytest.raises(RemoteError) as info:
+        open_job(sign_envelope(REQUESTER, JOB_PAYLOAD_TYPE_V2, json.dumps(obj).encode()))
+    assert str(info.value).startswith(f"invalid job field {reason}")
+
+
+def test_payload_version_and_payload_type_must_agree():
+    v2 = make_request(sampler="DDIM").to_payload()
+    with pytest.raises(RemoteError, match="sampler: unknown member"):
+        open_job(sign_envelope(REQUESTER, JOB_PAYLOAD_TYPE, v2))
+    v1 = make_request().to_payload()
+    with pytest.raises(RemoteError, match="sampler: missing"):
+        open_job(sign_envelope(REQUESTER, JOB_PAYLOAD_TYPE_V2, v1))
+    with pytest.raises(VerificationError, match="payload type"):
+        open_job(sign_envelope(REQUESTER, "application/vnd.pointillist.job.v3+json", v2))
+
+
+def test_new_job_refuses_a_bad_sampler_before_signing():
+    with pytest.raises(UsageError, match="invalid job field sampler"):
+        make_request(sampler="")

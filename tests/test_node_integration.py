@@ -59,7 +59,7 @@ def test_node_image_is_bit_identical_to_a_direct_diffusers_call(shared_node, tmp
     from PIL import Image
     import io
 
-    from pointillist.node.pipeline import embedded_model_path
+    from pointillist.node.loading import embedded_model_path
 
     request = job_for(shared_node, prompt="bit for bit", seed=99, steps=4)
     replies = trio.run(exchange, shared_node, job_frame(sign_job(REQUESTER, request)), REQUESTER)

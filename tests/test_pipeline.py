@@ -14,6 +14,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
+from pointillist.node import loading as L  # noqa: E402
 from pointillist.node import pipeline as P  # noqa: E402
 from pointillist.node.model_digest import compute_model_digest  # noqa: E402
 from pointillist.protocol.errors import ModelError, UsageError  # noqa: E402
@@ -35,7 +36,7 @@ PARAMS = P.GenerationSettings(
 
 @pytest.fixture(scope="module")
 def model() -> P.LoadedModel:
-    return P.load_model(P.embedded_model_path(), device="cpu")
+    return L.load_model(L.embedded_model_path(), device="cpu")
 
 
 @pytest.fixture
@@ -54,7 +55,7 @@ def _pixels(image) -> bytes:
 
 
 def test_embedded_model_is_packaged():
-    path = P.embedded_model_path()
+    path = L.embedded_model_path()
     assert path == REPO / "node" / "models" / "tiny-sd"
     assert (path / "model_index.json").is_file()
     assert not any(part.startswith(".") for p in path.rglob("*") for part in p.relative_to(path).parts)
@@ -66,10 +67,10 @@ def test_loads_offline_without_any_network(monkeypatch: pytest.MonkeyPatch):
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
-    loaded = P.load_model(P.embedded_model_path(), device="cpu", name="default")
+    loaded = L.load_model(L.embedded_model_path(), device="cpu", name="default")
     assert os.environ["HF_HUB_OFFLINE"] == "1"
-    assert loaded.name == "default" and loaded.path == P.embedded_model_path()
-    assert loaded.digest == compute_model_digest(P.embedded_model_path())
+    assert loaded.name == "default" and loaded.path == L.embedded_model_path()
+    assert loaded.digest == compute_model_digest(L.embedded_model_path())
     assert loaded.digest == json.loads(RECORD.read_text())["digest"]
     assert (loaded.device, loaded.dtype) == ("cpu", "float32")
 
@@ -101,7 +102,7 @@ def test_equals_a_direct_diffusers_call_bit_for_bit(model: P.LoadedModel, one_th
     ours = model.generate(PARAMS)
 
     pipe = StableDiffusionPipeline.from_pretrained(
-        P.embedded_model_path(),
+        L.embedded_model_path(),
         local_files_only=True,
         safety_checker=None,
         feature_extractor=None,
@@ -167,41 +168,48 @@ def test_bad_parameters_raise_usage_error(model: P.LoadedModel, change: dict):
         model.generate(P.GenerationSettings(**{**PARAMS.__dict__, **change}))
 
 
-def test_single_file_needs_config(tmp_path: Path):
-    ckpt = tmp_path / "model.safetensors"
+def test_single_file_without_config_is_detected_or_refused(tmp_path: Path):
+    """With no config a .safetensors is detected from its header (tests/test_single_file.py,
+    tests/test_checkpoint_family.py); a .ckpt cannot be and needs one."""
+    ckpt = tmp_path / "model.ckpt"
     ckpt.write_bytes(b"\0" * 16)
-    with pytest.raises(ModelError, match="config"):
-        P.load_model(ckpt, device="cpu")
+    with pytest.raises(ModelError, match="model-config"):
+        L.load_model(ckpt, device="cpu")
+    unreadable = tmp_path / "model.safetensors"
+    unreadable.write_bytes(b"\0" * 16)
+    with pytest.raises(ModelError, match="not a safetensors file") as info:
+        L.load_model(unreadable, device="cpu")
+    assert "\n" not in str(info.value)
 
 
 def test_unloadable_single_file_is_a_one_line_model_error(tmp_path: Path):
     ckpt = tmp_path / "broken.safetensors"
     ckpt.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00not-json")
     with pytest.raises(ModelError) as info:
-        P.load_model(ckpt, device="cpu", config=P.embedded_model_path())
+        L.load_model(ckpt, device="cpu", config=L.embedded_model_path())
     assert "\n" not in str(info.value) and "broken.safetensors" in str(info.value)
 
 
 def test_bad_model_paths(tmp_path: Path):
     with pytest.raises(ModelError, match="not found"):
-        P.load_model(tmp_path / "nope", device="cpu")
+        L.load_model(tmp_path / "nope", device="cpu")
     (tmp_path / "folder").mkdir()
     (tmp_path / "folder" / "config.json").write_text("{}")
     with pytest.raises(ModelError, match="model_index.json"):
-        P.load_model(tmp_path / "folder", device="cpu")
+        L.load_model(tmp_path / "folder", device="cpu")
     (tmp_path / "image.png").write_bytes(b"\x89PNG")
     with pytest.raises(ModelError):
-        P.load_model(tmp_path / "image.png", device="cpu")
+        L.load_model(tmp_path / "image.png", device="cpu")
 
 
 def test_bad_device_or_dtype():
     with pytest.raises(UsageError):
-        P.load_model(P.embedded_model_path(), device="cpu", dtype="float64")
+        L.load_model(L.embedded_model_path(), device="cpu", dtype="float64")
     with pytest.raises(UsageError):
-        P.load_model(P.embedded_model_path(), device="warp-drive")
+        L.load_model(L.embedded_model_path(), device="warp-drive")
     if not torch.cuda.is_available():
         with pytest.raises(UsageError, match="CUDA"):
-            P.load_model(P.embedded_model_path(), device="cuda")
+            L.load_model(L.embedded_model_path(), device="cuda")
 
 
 def _load_build_script():
@@ -231,7 +239,7 @@ def test_committed_model_equals_a_fresh_rebuild(tmp_path: Path):
     build = _load_build_script()
     out = tmp_path / "tiny-sd"
     build.build(out, seed=recorded["seed"])
-    committed = P.embedded_model_path()
+    committed = L.embedded_model_path()
     assert compute_model_digest(out) == compute_model_digest(committed) == recorded["digest"]
     rebuilt = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     original = sorted(p.relative_to(committed).as_posix() for p in committed.rglob("*") if p.is_file())

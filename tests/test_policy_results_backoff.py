@@ -6,8 +6,9 @@ import pytest
 
 from pointillist.requester.backoff import PeerBackoff
 from pointillist.node.policy import RateLimiter, load_policy
-from pointillist.node.replay import ReplayCache, load_replay_cache, save_replay_cache
-from pointillist.node.results import ResultStore
+from pointillist.node.policy import Policy, ResultPolicy
+from pointillist.node.replay import ReplayCache
+from pointillist.node.state_store import open_node_state
 from pointillist.protocol.errors import JobRejected, UsageError
 
 JOB = "a" * 32
@@ -68,33 +69,40 @@ def test_rate_limiter_is_bounded():
     assert len(limiter._buckets) == 100
 
 
+def _store(path, keep_s=100, max_bytes=10**6):
+    policy = Policy(results=ResultPolicy(keep_hours=keep_s / 3600, max_mb=max_bytes / 2**20))
+    return open_node_state(path, policy)
+
+
 def test_result_store_round_trip_expiry_and_size(tmp_path):
-    store = ResultStore(tmp_path / "r", keep_s=100, max_bytes=250)
+    state = _store(tmp_path / "r", keep_s=100, max_bytes=250)
+    store = state.results
     store.put(JOB, "req", b"x" * 100, now=0)
     assert store.get(JOB, now=50).png == b"x" * 100
     assert store.get(JOB, now=101) is None
     store.put("b" * 32, "req", b"y" * 100, now=10)
-    store.put("c" * 32, "req", b"z" * 100, now=20)  # 300 bytes > 250: the oldest goes
+    store.put("c" * 32, "req", b"z" * 100, now=20)  # 300 bytes > 250: the oldest goes, at the next pass
+    assert state.stored() == (3, 300)
+    state.prune_pass(now=20)
     assert store.get(JOB, now=20) is None and store.get("c" * 32, now=20) is not None
+    assert state.stored() == (2, 200)
     assert store.get("../../etc/passwd") is None
-    assert not list((tmp_path / "r").glob(".*.tmp"))
 
 
 def test_result_store_survives_a_new_instance(tmp_path):
-    ResultStore(tmp_path, keep_s=100, max_bytes=10**6).put(JOB, "req", b"png", now=0)
-    assert ResultStore(tmp_path, keep_s=100, max_bytes=10**6).get(JOB, now=1).requester == "req"
+    _store(tmp_path).results.put(JOB, "req", b"png", now=0)  # not closed: as after a crash
+    assert _store(tmp_path).results.get(JOB, now=1).requester == "req"
 
 
 def test_replay_cache_persists(tmp_path):
-    cache = ReplayCache()
-    cache.check_and_remember(JOB, "b" * 32, expires_at=100, now=0)
-    save_replay_cache(tmp_path / "replay.json", cache)
-    again = load_replay_cache(tmp_path / "replay.json", now=10)
+    state = _store(tmp_path)
+    state.replay.check_and_remember(JOB, "b" * 32, expires_at=100, now=0)
+    state.save_replay([(key, 100) for key in ReplayCache.keys(JOB, "b" * 32)])
+    state.close()
+    again = open_node_state(tmp_path, Policy(), clock=lambda: 10).replay
     with pytest.raises(JobRejected):
         again.check_and_remember(JOB, "c" * 32, expires_at=100, now=10)
-    assert len(load_replay_cache(tmp_path / "replay.json", now=200)) == 0  # expired entries dropped
-    (tmp_path / "bad.json").write_text("{not json")
-    assert len(load_replay_cache(tmp_path / "bad.json", now=0)) == 0
+    assert len(open_node_state(tmp_path, Policy(), clock=lambda: 200).replay) == 0  # expired entries dropped
 
 
 def test_backoff_doubles_and_forgets_on_success(tmp_path):

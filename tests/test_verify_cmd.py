@@ -70,3 +70,15 @@ def test_verify_process_imports_no_network_torch_or_pydantic(argv, tmp_path) -> 
     env = {**os.environ, "POINTILLIST_HOME": str(tmp_path)}
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert result.stdout.strip().splitlines()[-1] == "[]", result.stderr
+
+
+def test_version_2_image_verifies_and_its_json_shows_the_sampler(capsys) -> None:
+    assert main(["verify", "--json", str(VECTORS / "valid-v2.png")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    predicate = report["statement"]["predicate"]
+    assert report["statement"]["predicateType"] == "https://pointillist.dev/attestation/generation/v2"
+    assert predicate["sampler"] == report["job"]["sampler"] == "DPM++ 2M Karras"
+    assert predicate["scheduler"] == "DPMSolverMultistepScheduler"
+    assert predicate["schedulerConfig"]["use_karras_sigmas"] is True
+    assert main(["verify", str(VECTORS / "v2-sampler-mismatch.png")]) == 1
+    assert "differs from the attestation in sampler" in capsys.readouterr().out

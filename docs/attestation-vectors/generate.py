@@ -10,6 +10,7 @@ that this script reproduces the committed files. No torch: the "generation" is a
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -42,6 +43,21 @@ CREATED_AT = "2026-11-22T10:00:05Z"
 MODEL_NAME = "tiny-sd-vectors"
 MODEL_DIGEST = hashlib.sha256(b"pointillist attestation test vector model").hexdigest()
 LIBRARIES = {"torch": "2.13.0", "diffusers": "0.42.1", "transformers": "5.23.0", "pointillist": "0.1.0"}
+#: Format version 2: the sampler of the v2 vectors and the scheduler config a node running it on
+#: the embedded model records (node/samplers.py: DDIM's config, DPM++ 2M Karras overrides).
+SAMPLER = "DPM++ 2M Karras"
+SAMPLER_SCHEDULER = "DPMSolverMultistepScheduler"
+SAMPLER_CONFIG = {
+    "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+    "trained_betas": None, "solver_order": 2, "prediction_type": "epsilon", "thresholding": False,
+    "dynamic_thresholding_ratio": 0.995, "sample_max_value": 1.0, "algorithm_type": "dpmsolver++",
+    "solver_type": "midpoint", "lower_order_final": True, "euler_at_final": False, "use_karras_sigmas": True,
+    "use_exponential_sigmas": False, "use_beta_sigmas": False, "use_lu_lambdas": False, "use_flow_sigmas": False,
+    "flow_shift": 1.0, "final_sigmas_type": "zero", "lambda_min_clipped": "-Infinity", "variance_type": None,
+    "timestep_spacing": "leading", "steps_offset": 1, "rescale_betas_zero_snr": False,
+    "use_dynamic_shifting": False, "time_shift_type": "exponential", "clip_sample": False,
+    "set_alpha_to_one": False, "clip_sample_range": 1.0,
+}
 
 
 def gradient() -> Image.Image:
@@ -52,7 +68,9 @@ def gradient() -> Image.Image:
 
 
 def job_request(job_id: str, prompt: str, negative: str = "blurry", seed: str = "1234",
-                node: Identity = NODE, model: str = MODEL_NAME, guidance: float = 7.5) -> JobRequest:
+                node: Identity = NODE, model: str = MODEL_NAME, guidance: float = 7.5,
+                sampler: str | None = None) -> JobRequest:
+    """A version 1 job, or version 2 with ``sampler``."""
     return JobRequest(
         job_id=job_id,
         nonce="0f" * 16,
@@ -67,15 +85,19 @@ def job_request(job_id: str, prompt: str, negative: str = "blurry", seed: str = 
         guidance=guidance,
         width=16,
         height=16,
+        v=1 if sampler is None else 2,
+        sampler=sampler,
     )
 
 
 def record_for(job: Envelope, request: JobRequest, model_name: str = MODEL_NAME) -> GenerationRecord:
+    """The node's record of ``request``: predicate v1, or v2 (``SAMPLER_CONFIG``) for a v2 job."""
+    v2 = request.sampler is not None
     return GenerationRecord(
         model_name=model_name,
         model_digest=MODEL_DIGEST,
         pipeline="StableDiffusionPipeline",
-        scheduler="PNDMScheduler",
+        scheduler=SAMPLER_SCHEDULER if v2 else "PNDMScheduler",
         settings=request.settings,
         dtype="float32",
         device="cpu",
@@ -86,6 +108,7 @@ def record_for(job: Envelope, request: JobRequest, model_name: str = MODEL_NAME)
         request_sha256=hashlib.sha256(job.payload).hexdigest(),
         node=NODE.peer_id,
         created_at=CREATED_AT,
+        scheduler_config=dict(SAMPLER_CONFIG) if v2 else None,
     )
 
 
@@ -238,6 +261,7 @@ def build_vectors() -> dict[str, bytes]:
         description="The envelope of resigned-other-key.png alone.")
 
     add_rule_vectors(add, png, image, job, attestation)
+    add_v2_vectors(add, image, job)
 
     document = {
         "description": "Pointillist attestation test vectors; see docs/attestation.md, section Test vectors.",
@@ -334,6 +358,63 @@ def add_rule_vectors(add, png, image: Image.Image, job: Envelope, attestation: E
     png("prompt-not-a1111-parameters.png", "parameters", "would misread",
         "As valid-prompt-not-a1111.png with the A1111 text naively written: it reads as another prompt.",
         attestation=injected_attestation, job=injected_job, parameters=naive)
+
+
+def add_v2_vectors(add, image: Image.Image, v1_job: Envelope) -> None:
+    """Format version 2 (docs/attestation.md): a job naming a sampler, predicate generation/v2
+    recording it and the scheduler's config; the A1111 text names the sampler."""
+    request = job_request("4123456789abcdef0123456789abcdef", "a lighthouse at dusk, oil painting", sampler=SAMPLER)
+    job = sign_job(REQUESTER, request)
+    record = record_for(job, request)
+    attestation = attest(NODE, record, image)
+    parameters = a1111_parameters(record)
+
+    def png(name, expect, check, reason, description, **chunks):
+        pieces = {"attestation": attestation, "job": job, "parameters": parameters, **chunks}
+        add(name, _encode_png(image, texts(**pieces)), expect, check, reason, description)
+
+    png("valid-v2.png", "valid", None, None,
+        "Format version 2: the job names sampler 'DPM++ 2M Karras'; predicate generation/v2 records it, the "
+        "scheduler class and its config; the A1111 text says 'Sampler: DPM++ 2M Karras'.")
+    add("valid-v2.json", attestation.to_json(), "valid", kind="envelope", image="valid-v2.png",
+        description="The attestation envelope of valid-v2.png alone.")
+    add("job-v2.json", job.to_json(), "valid", kind="job",
+        description="The requester's signed version 2 job of valid-v2.png (payload type job.v2+json).")
+    png("v2-tampered-sampler.png", "invalid", "signature", "envelope signature invalid",
+        "Payload sampler edited 'DPM++ 2M Karras' -> 'Euler', signature kept.",
+        attestation=edited(attestation, b'"sampler":"DPM++ 2M Karras"', b'"sampler":"Euler"'))
+    png("v2-tampered-scheduler-config.png", "invalid", "signature", "envelope signature invalid",
+        "Payload schedulerConfig edited (use_karras_sigmas true -> false), signature kept.",
+        attestation=edited(attestation, b'"use_karras_sigmas":true', b'"use_karras_sigmas":false'))
+    euler = dataclasses.replace(record, settings=dataclasses.replace(record.settings, sampler="Euler"),
+                                scheduler="EulerDiscreteScheduler")
+    png("v2-sampler-mismatch.png", "invalid", "job binding", "differs from the attestation in sampler",
+        "The node validly signed sampler 'Euler' for a job asking for 'DPM++ 2M Karras' (id and hash bound).",
+        attestation=attest(NODE, euler, image), parameters=a1111_parameters(euler))
+    v1_request = JobRequest.from_json_dict(json.loads(v1_job.payload))
+    for_v1 = dataclasses.replace(record_for(v1_job, v1_request), scheduler=SAMPLER_SCHEDULER,
+                                 scheduler_config=dict(SAMPLER_CONFIG),
+                                 settings=dataclasses.replace(v1_request.settings, sampler=SAMPLER))
+    png("v2-statement-for-v1-job.png", "invalid", "job binding", "differs from the attestation in sampler",
+        "A v2 statement naming a sampler, bound to the version 1 job of valid.png, which named none.",
+        attestation=attest(NODE, for_v1, image), job=v1_job, parameters=a1111_parameters(for_v1))
+    png("v2-parameters-class-name.png", "invalid", "parameters", "was edited",
+        "valid-v2.png with the A1111 text naming the scheduler class, as version 1 does, not the sampler.",
+        parameters=parameters.replace(f"Sampler: {SAMPLER},", f"Sampler: {SAMPLER_SCHEDULER},"))
+    png("v2-no-scheduler-config.png", "invalid", "attestation", "predicate.schedulerConfig: missing",
+        "The node validly signed a generation/v2 statement without schedulerConfig.",
+        attestation=resigned(NODE, attestation, b'"schedulerConfig":' + json.dumps(
+            SAMPLER_CONFIG, sort_keys=True, separators=(",", ":")).encode() + b",", b""))
+    png("v2-config-underscore-key.png", "invalid", "attestation", "member names must match",
+        "The node validly signed a schedulerConfig holding '_class_name' (bookkeeping, left out by rule).",
+        attestation=resigned(NODE, attestation, b'"schedulerConfig":{', b'"schedulerConfig":{"_class_name":"x",'))
+    png("v2-predicate-v1-type.png", "invalid", "attestation", "predicate.sampler: unknown member",
+        "The node validly signed the v2 predicate under predicateType generation/v1.",
+        attestation=resigned(NODE, attestation, b"/attestation/generation/v2", b"/attestation/generation/v1"))
+    add("job-v2-payload-as-v1.json", sign_envelope(REQUESTER, "application/vnd.pointillist.job.v1+json",
+                                                   job.payload).to_json(), "invalid",
+        reason="sampler: unknown member", kind="job",
+        description="A version 2 job payload validly signed under the version 1 payload type.")
 
 
 def main(argv: list[str]) -> int:
