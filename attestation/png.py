@@ -23,7 +23,7 @@ from PIL import Image, PngImagePlugin
 
 from pointillist.protocol.dsse import Envelope
 from pointillist.protocol.errors import UsageError, VerificationError
-from pointillist.protocol.jobs import JOB_PAYLOAD_TYPE
+from pointillist.protocol.jobs import JOB_PAYLOAD_TYPES
 
 from .a1111 import a1111_parameters
 from .pixels import pixel_subject, to_rgb8
@@ -81,7 +81,7 @@ def embed_provenance(image: Image.Image, attestation: Envelope, job: Envelope | 
     """
     if attestation.payload_type != ATTESTATION_PAYLOAD_TYPE:
         raise UsageError(f"not an attestation envelope (payload type {attestation.payload_type!r})")
-    if job is not None and job.payload_type != JOB_PAYLOAD_TYPE:
+    if job is not None and job.payload_type not in JOB_PAYLOAD_TYPES.values():
         raise UsageError(f"not a job envelope (payload type {job.payload_type!r})")
     try:
         statement = parse_statement(attestation.payload)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from ..protocol.errors import ErrorCode, JobRejected
 from ..protocol.jobs import JobRequest
+from .samplers import sampler_refusal
 
 
 @dataclass(frozen=True)
@@ -36,5 +37,7 @@ class NodeLimits:
             problems.append(f"prompt longer than {self.max_prompt_chars} characters")
         if not self.min_guidance <= job.guidance <= self.max_guidance:
             problems.append(f"guidance {job.guidance} outside {self.min_guidance}..{self.max_guidance}")
+        if (sampler_problem := sampler_refusal(job.sampler)) is not None:
+            problems.append(sampler_problem)  # unknown here, or its package is not installed
         if problems:
             raise JobRejected(ErrorCode.INVALID_PARAMS, "; ".join(problems))

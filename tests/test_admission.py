@@ -117,6 +117,20 @@ def test_a_replay_does_not_cost_the_requester_a_rate_token():
     assert admission.admit(fresh, **{**call, "now": NOW + 60}).request.node == NODE.peer_id
 
 
+@pytest.mark.parametrize("sampler, refused", [
+    (None, False), ("Euler a", False), ("DPM++ 2M Karras", False), ("k_euler", True),
+])
+def test_a_sampler_this_node_cannot_run_is_invalid_params(sampler, refused):
+    admission, call = admission_with(set())
+    call["envelope"] = sign_job(REQUESTER, job(sampler=sampler))
+    if not refused:
+        admission.admit(call.pop("envelope"), **call)
+        return
+    with pytest.raises(JobRejected) as e:
+        admission.admit(call.pop("envelope"), **call)
+    assert e.value.code is ErrorCode.INVALID_PARAMS and "unknown sampler 'k_euler'" in str(e.value)
+
+
 def test_a_job_refused_for_load_can_be_sent_again_as_it_is():
     admission, call = admission_with(set())
     envelope = call.pop("envelope")

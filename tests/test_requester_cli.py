@@ -122,3 +122,23 @@ def test_a_short_digest_as_peers_shows_it_selects_the_model(shared_node, tmp_pat
     assert r.returncode == 0, r.stderr
     job = json.loads(run_cli(["verify", str(out), "--json"], tmp_path).stdout)["job"]
     assert job["model"] == digest  # the signed job names the model exactly, never a prefix
+
+
+def test_a_named_sampler_runs_on_the_node_and_its_image_verifies(shared_node, tmp_path):
+    from pointillist.attestation.png import extract_provenance
+
+    out = tmp_path / "euler-a.png"
+    r = run_cli(["submit", "a fox", "--peer", shared_node.addr, *SMALL, "--sampler", "Euler a", "--out", str(out)],
+                tmp_path)
+    assert r.returncode == 0, r.stderr
+    report = json.loads(run_cli(["verify", str(out), "--json"], tmp_path).stdout)
+    assert report["ok"] and report["job"]["sampler"] == "Euler a", report
+    assert "Sampler: Euler a," in extract_provenance(out.read_bytes()).parameters
+
+
+def test_a_sampler_the_node_cannot_run_is_refused_in_one_line(shared_node, tmp_path):
+    # DPM++ SDE needs torchsde, which Pointillist does not install: the node refuses it.
+    r = run_cli(["submit", "a fox", "--peer", shared_node.addr, *SMALL, "--sampler", "DPM++ SDE Karras",
+                 "--out", str(tmp_path / "x.png")], tmp_path)
+    assert r.returncode != 0 and "torchsde" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "x.png").exists()
