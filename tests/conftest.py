@@ -7,6 +7,21 @@ import pytest
 from support import NodeHandle
 
 
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for the test: pixel comparisons that must be bit for bit. The thread
+    count changes the order of float sums; on CI's 2 cores a default-threads comparison once
+    differed by one level in one pixel (tests/test_single_file.py, sd2-768-v)."""
+    import torch  # here, not at the top: most tests never load torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def shared_node(tmp_path_factory):
     """One node (embedded model) shared by a test module, stopped at its end."""

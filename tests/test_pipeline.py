@@ -6,7 +6,6 @@ import importlib.util
 import json
 import os
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -37,16 +36,6 @@ PARAMS = P.GenerationSettings(
 @pytest.fixture(scope="module")
 def model() -> P.LoadedModel:
     return L.load_model(L.embedded_model_path(), device="cpu")
-
-
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _pixels(image) -> bytes:
