@@ -38,8 +38,14 @@ def run_cli(args: list[str], home: Path, timeout: float = 300, **kw) -> subproce
     )
 
 
+#: ``pointillist node start`` as a child process; tests/oom_node.py and tests/family_node.py are
+#: launchers that take the same arguments.
+NODE_START = [sys.executable, "-m", "pointillist.cli", "node", "start"]
+
+
 class NodeHandle:
-    def __init__(self, home: Path, extra_args: list[str]) -> None:
+    def __init__(self, home: Path, extra_args: list[str], launcher: list[str] = NODE_START,
+                 env: dict[str, str] | None = None) -> None:
         self.home = home
         home.mkdir(parents=True, exist_ok=True)
         self.ready_file = home / "ready.json"
@@ -47,9 +53,8 @@ class NodeHandle:
         self.log_path = home / "node.log"
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pointillist.cli", "node", "start",
-             "--ready-file", str(self.ready_file), *extra_args],
-            env=cli_env(home), stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            [*launcher, "--ready-file", str(self.ready_file), *extra_args],
+            env=cli_env(home, **(env or {})), stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
         self.info: dict = {}
 
@@ -71,6 +76,12 @@ class NodeHandle:
     @property
     def addr(self) -> str:
         return self.info["addrs"][0]
+
+    def status(self) -> dict:
+        """``pointillist node status --json``, run as this node's operator (same home)."""
+        shown = run_cli(["node", "status", "--json"], self.home)
+        assert shown.returncode == 0, shown.stderr
+        return json.loads(shown.stdout)
 
     def alive(self) -> bool:
         return self.proc.poll() is None

@@ -4,8 +4,6 @@ whose pipeline runs out of memory: the job fails with ``out-of-memory``, the nod
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
 import time
 from types import SimpleNamespace
@@ -30,7 +28,7 @@ from pointillist.protocol.capacity import Device, Speed
 from pointillist.protocol.errors import ErrorCode, JobRejected
 from pointillist.protocol.identity import Identity
 from pointillist.protocol.jobs import new_job_request, sign_job
-from support import REPO, NodeHandle, cli_env, run_cli
+from support import REPO, NodeHandle, run_cli
 
 GIB = 2**30
 NOW = 1_763_780_000
@@ -147,31 +145,14 @@ def test_free_vram_is_read_again_off_the_trio_loop_before_each_publication():
 
 # --- a node process whose pipeline runs out of memory ---------------------------------------------
 
-class OomNode(NodeHandle):
-    """``NodeHandle`` started through tests/oom_node.py instead of ``python -m pointillist.cli``."""
-
-    def __init__(self, home, extra_args: list[str]) -> None:  # noqa: D107 - mirrors NodeHandle's
-        self.home = home
-        home.mkdir(parents=True, exist_ok=True)
-        self.ready_file = home / "ready.json"
-        self.log_path = home / "node.log"
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, str(REPO / "tests" / "oom_node.py"), "--ready-file", str(self.ready_file), *extra_args],
-            env=cli_env(home), stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        )
-        self.info = {}
-
-
-def node_status(node) -> dict:
-    shown = run_cli(["node", "status", "--json"], node.home)
-    assert shown.returncode == 0, shown.stderr
-    return json.loads(shown.stdout)
+def oom_node(home, extra_args: list[str]) -> NodeHandle:
+    """A node started through tests/oom_node.py instead of ``python -m pointillist.cli``."""
+    return NodeHandle(home, extra_args, launcher=[sys.executable, str(REPO / "tests" / "oom_node.py")])
 
 
 @pytest.mark.integration
 def test_a_job_that_runs_out_of_memory_fails_with_out_of_memory_and_the_node_serves_the_next(tmp_path):
-    node = OomNode(tmp_path / "node", [])
+    node = oom_node(tmp_path / "node", [])
     try:
         node.wait_ready()
         requester = tmp_path / "requester"
@@ -185,7 +166,7 @@ def test_a_job_that_runs_out_of_memory_fails_with_out_of_memory_and_the_node_ser
         assert node.alive()
 
         deadline = time.monotonic() + 30  # the job's end reaches the status a moment after the error
-        while (status := node_status(node))["jobs"]["failedByCode"].get("out-of-memory") != 1:
+        while (status := node.status())["jobs"]["failedByCode"].get("out-of-memory") != 1:
             assert time.monotonic() < deadline, status["jobs"]
             time.sleep(0.2)
         assert status["jobs"]["failed"] == 1 and status["current"] is None
@@ -196,7 +177,7 @@ def test_a_job_that_runs_out_of_memory_fails_with_out_of_memory_and_the_node_ser
                         "--out", str(out)], requester)
         assert done.returncode == 0 and "verified" in done.stderr, done.stderr
         assert run_cli(["verify", str(out)], requester).returncode == 0
-        assert node_status(node)["jobs"]["served"] == 1
+        assert node.status()["jobs"]["served"] == 1
         assert node.alive() and "Traceback" not in node.log()
     finally:
         node.stop()

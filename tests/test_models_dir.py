@@ -47,17 +47,11 @@ def two_models(folder: Path) -> None:
     config_path.write_text(json.dumps(config))
 
 
-def status(node) -> dict:
-    shown = run_cli(["node", "status", "--json"], node.home)
-    assert shown.returncode == 0, shown.stderr
-    return json.loads(shown.stdout)
-
-
 @pytest.mark.integration
 def test_a_node_serves_a_folder_of_models_one_warm_at_a_time(node_process, tmp_path):
     two_models(tmp_path / "models")
     node = node_process("--models-dir", str(tmp_path / "models"))
-    before = {m["name"]: m["warm"] for m in status(node)["models"]}
+    before = {m["name"]: m["warm"] for m in node.status()["models"]}
     assert before == {"tiny-a": True, "tiny-b": False}
 
     out = tmp_path / "b.png"
@@ -65,10 +59,10 @@ def test_a_node_serves_a_folder_of_models_one_warm_at_a_time(node_process, tmp_p
                     "--size", "64x64", "--out", str(out)], tmp_path / "requester")
     assert done.returncode == 0 and "verified" in done.stderr, done.stderr
     verified = run_cli(["verify", str(out), "--json"], tmp_path / "requester")
-    digest_b = next(m["digest"] for m in status(node)["models"] if m["name"] == "tiny-b")
+    digest_b = next(m["digest"] for m in node.status()["models"] if m["name"] == "tiny-b")
     assert digest_b in verified.stdout
 
-    after = {m["name"]: m["warm"] for m in status(node)["models"]}
+    after = {m["name"]: m["warm"] for m in node.status()["models"]}
     assert after == {"tiny-a": False, "tiny-b": True}
     # The capacity record says so too (re-published on the swap).
     deadline = time.monotonic() + 60

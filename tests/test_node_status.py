@@ -212,9 +212,7 @@ def test_node_status_reports_a_running_node_to_its_operator_only(node_process, t
     assert submitted.returncode == 0, submitted.stderr
     job_id = json.loads(submitted.stdout.splitlines()[0])["jobId"]
 
-    shown = run_cli(["node", "status", "--json"], node.home)
-    assert shown.returncode == 0, shown.stderr
-    s = json.loads(shown.stdout)
+    s = node.status()
     assert s["peerId"] == node.peer_id and s["pid"] == node.proc.pid
     assert s["jobs"]["served"] == 1 and s["results"]["count"] == 1
     (job,) = s["recentJobs"]

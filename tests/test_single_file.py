@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import shutil
 import socket
+import sys
 from pathlib import Path
 
 import pytest
@@ -291,3 +292,35 @@ def test_weights_at_unaligned_addresses_get_aligned_copies_with_the_same_values(
     L._own_aligned_memory(SimpleNamespace(components={"unet": module, "tokenizer": object()}))
     assert all(t.data_ptr() % 64 == 0 for t in module.state_dict().values())
     assert all(torch.equal(module.state_dict()[k], v) for k, v in expected.items())
+
+
+@pytest.mark.integration
+def test_a_node_process_serves_a_single_file_checkpoint_given_with_no_config(tiny: dict, tmp_path: Path):
+    """``node start --model FILE.safetensors`` and nothing else, in a real node process: the
+    family is advertised, the job verifies, the attested digest is the file's sha256 and the A1111
+    text carries its AutoV2 hash. (Detection is the launcher's: tiny widths, see tests/family_node.py.)"""
+    import hashlib
+
+    from pointillist.attestation.png import extract_provenance
+    from support import REPO, NodeHandle, run_cli
+
+    configs = tiny["config"].parent
+    shutil.copy(SHIPPED / L.CLIP_BPE_FILE, configs / L.CLIP_BPE_FILE)
+    node = NodeHandle(tmp_path / "node", ["--model", str(tiny["ckpt"])],
+                      launcher=[sys.executable, str(REPO / "tests" / "family_node.py")],
+                      env={"POINTILLIST_TEST_CONFIGS": str(configs), "POINTILLIST_TEST_FAMILY": "sd15"})
+    try:
+        node.wait_ready()
+        (model,) = node.status()["models"]
+        sha256 = hashlib.sha256(tiny["ckpt"].read_bytes()).hexdigest()
+        assert (model["name"], model["digest"], model["family"]) == ("tiny-sd15-layout", sha256, "sd15"), model
+
+        out = tmp_path / "single.png"
+        done = run_cli(["submit", "--peer", node.addr, "--model", "tiny-sd15-layout", "a harbour", "--steps", "2",
+                        "--size", "64x64", "--out", str(out)], tmp_path / "requester")
+        assert done.returncode == 0 and "verified" in done.stderr, done.stderr
+        report = json.loads(run_cli(["verify", str(out), "--json"], tmp_path / "requester").stdout)
+        assert report["ok"] and sha256 in json.dumps(report), report
+        assert f"Model hash: {sha256[:10]}," in extract_provenance(out.read_bytes()).parameters
+    finally:
+        node.stop()
