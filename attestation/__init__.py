@@ -23,6 +23,7 @@ from .statement import (
     MODEL_DIGEST_ALGORITHM,
     PREDICATE_TYPE,
     PREDICATE_TYPE_V2,
+    PREDICATE_TYPE_V3,
     PREDICATE_TYPES,
     STATEMENT_TYPE,
     GenerationRecord,
@@ -31,6 +32,7 @@ from .statement import (
     parse_statement,
     rfc3339_utc,
 )
+from .trajectory import Trajectory, TrajectoryCommitment
 from .verify import CHECK_NAMES, Check, VerificationReport, verify_attestation, verify_image
 
 __all__ = [
@@ -43,6 +45,7 @@ __all__ = [
     "PARAMETERS_KEYWORD",
     "PREDICATE_TYPE",
     "PREDICATE_TYPE_V2",
+    "PREDICATE_TYPE_V3",
     "PREDICATE_TYPES",
     "STATEMENT_TYPE",
     "Check",
@@ -51,6 +54,8 @@ __all__ = [
     "PngContents",
     "Provenance",
     "Statement",
+    "Trajectory",
+    "TrajectoryCommitment",
     "VerificationReport",
     "a1111_parameters",
     "attest",

@@ -31,7 +31,8 @@ def a1111_parameters(record: GenerationRecord) -> str | None:
 
     ``<prompt>\\nNegative prompt: <neg>\\nSteps: N, Sampler: S, CFG scale: G, Seed: N, Size: WxH,
     Model hash: <10 hex>, Model: <name>``; the negative line is left out when empty. ``Sampler``
-    is the A1111 sampler name of a version 2 statement, the scheduler class of a version 1 one.
+    is the A1111 sampler name when the statement has one (version 2; version 3 with a sampler),
+    else the scheduler class (version 1; version 3 with ``"sampler": null``).
     "Model hash" is the first 10 hex digits of the ``pointillist-model-v1`` digest: for a single-file
     checkpoint that digest is the file's sha256, so this is exactly A1111's and Civitai's AutoV2
     hash; for a diffusers folder it is ours only (A1111 has no hash of a folder).

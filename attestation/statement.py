@@ -6,11 +6,13 @@ every signed byte string, which is what keeps an attestation signature from ever
 job, a Noise handshake or a pubsub message signed by the same libp2p key; no extra prefix is
 added, so stock DSSE / in-toto verifiers can check our attestations.
 
-Two predicate types are written and read: ``PREDICATE_TYPE`` (generation/v1) for a job without a
+Three predicate types are read: ``PREDICATE_TYPE`` (generation/v1) for a job without a
 sampler (format version 1: the model's own scheduler, named by class), ``PREDICATE_TYPE_V2``
 (generation/v2) for a job naming one: it adds the sampler's A1111 name and the scheduler's
-config, everything that was passed to ``from_config``. The version follows the settings:
-``settings.sampler is None`` is version 1.
+config, everything that was passed to ``from_config``; ``PREDICATE_TYPE_V3`` (generation/v3,
+issue 11) for either kind of job: the scheduler config always, ``sampler`` ``null`` when the
+job named none, and the step commitments (``trajectory``, see ``trajectory.py``). The version
+follows the record: a ``trajectory`` is version 3, else ``settings.sampler is None`` is version 1.
 
 Pure code: ``build_statement`` turns values into canonical JSON bytes, ``parse_statement`` turns
 untrusted bytes into values or raises ``VerificationError`` with a one-line reason.
@@ -37,12 +39,16 @@ from pointillist.protocol.settings import (
 from pointillist.protocol.signed import SchemaError, parse_signed_json
 
 from .pixels import PixelSubject
+from .trajectory import ENCODING as TRAJECTORY_ENCODING
+from .trajectory import MAX_STEPS as MAX_TRAJECTORY_STEPS
+from .trajectory import TrajectoryCommitment, commitment_problem
 
 ATTESTATION_PAYLOAD_TYPE = "application/vnd.in-toto+json"
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://pointillist.dev/attestation/generation/v1"
 PREDICATE_TYPE_V2 = "https://pointillist.dev/attestation/generation/v2"
-PREDICATE_TYPES = (PREDICATE_TYPE, PREDICATE_TYPE_V2)
+PREDICATE_TYPE_V3 = "https://pointillist.dev/attestation/generation/v3"
+PREDICATE_TYPES = (PREDICATE_TYPE, PREDICATE_TYPE_V2, PREDICATE_TYPE_V3)
 #: Limits of ``schedulerConfig`` (predicate v2): members, characters of a string, array items.
 MAX_CONFIG_MEMBERS = 100
 MAX_CONFIG_STRING = 200
@@ -72,7 +78,10 @@ class GenerationRecord:
 
     ``scheduler_config`` is the scheduler's config (predicate v2, ``settings.sampler`` set): JSON
     values by name, no ``_``-prefixed keys, so that ``<scheduler>.from_config(scheduler_config)``
-    rebuilds the scheduler that ran. ``None`` in version 1.
+    rebuilds the scheduler that ran. ``None`` in version 1; always set in version 3.
+
+    ``trajectory`` is the commitment to the denoising steps (predicate v3): set, the record is
+    version 3 whatever ``settings.sampler`` says (``None`` is written as ``"sampler": null``).
     """
 
     model_name: str
@@ -90,9 +99,12 @@ class GenerationRecord:
     node: str
     created_at: str
     scheduler_config: dict[str, Any] | None = field(default=None, hash=False)
+    trajectory: TrajectoryCommitment | None = None
 
     @property
     def predicate_type(self) -> str:
+        if self.trajectory is not None:
+            return PREDICATE_TYPE_V3
         return PREDICATE_TYPE if self.settings.sampler is None else PREDICATE_TYPE_V2
 
 
@@ -125,9 +137,14 @@ def build_statement(record: GenerationRecord, subject: PixelSubject) -> bytes:
         raise UsageError(f"record seed must be an int, not {type(settings.seed).__name__}")
     if not (_is_int(settings.guidance) or isinstance(settings.guidance, float)):
         raise UsageError(f"record guidance must be a float, not {type(settings.guidance).__name__}")
-    if settings.sampler is None and record.scheduler_config is not None:
+    if record.trajectory is not None:
+        if not isinstance(record.trajectory, TrajectoryCommitment):
+            raise UsageError(f"record trajectory must be a TrajectoryCommitment, not {type(record.trajectory).__name__}")
+        if not isinstance(record.scheduler_config, dict):
+            raise UsageError("a record with a trajectory (predicate v3) needs its scheduler config as a dict")
+    elif settings.sampler is None and record.scheduler_config is not None:
         raise UsageError("a record without a sampler (predicate v1) has no scheduler config")
-    if settings.sampler is not None and not isinstance(record.scheduler_config, dict):
+    elif settings.sampler is not None and not isinstance(record.scheduler_config, dict):
         raise UsageError("a record with a sampler (predicate v2) needs its scheduler config as a dict")
     obj = _statement_dict(record, subject)
     try:
@@ -163,7 +180,8 @@ def _statement_schema(obj: Any) -> Statement:
         raise VerificationError(f"statement _type is {_short(obj.get('_type'))}, expected {STATEMENT_TYPE!r}")
     if obj.get("predicateType") not in PREDICATE_TYPES:
         raise VerificationError(
-            f"predicateType is {_short(obj.get('predicateType'))}, expected {PREDICATE_TYPE!r} or {PREDICATE_TYPE_V2!r}"
+            f"predicateType is {_short(obj.get('predicateType'))}, expected one of "
+            f"{', '.join(repr(t) for t in PREDICATE_TYPES)}"
         )
     return _to_statement(obj)
 
@@ -185,7 +203,11 @@ def _statement_dict(record: GenerationRecord, subject: PixelSubject) -> dict[str
         "node": record.node,
         "createdAt": record.created_at,
     }
-    if record.settings.sampler is not None:  # predicate v2; "sampler" comes with the settings
+    if record.trajectory is not None:  # predicate v3: sampler (or null), config, trajectory
+        predicate["sampler"] = record.settings.sampler
+        predicate["schedulerConfig"] = _plain_config(record.scheduler_config)
+        predicate["trajectory"] = record.trajectory.to_json_dict()
+    elif record.settings.sampler is not None:  # predicate v2; "sampler" comes with the settings
         predicate["schedulerConfig"] = _plain_config(record.scheduler_config)
     return {
         "_type": STATEMENT_TYPE,
@@ -259,6 +281,29 @@ def _scheduler_config(value: Any, path: str) -> dict[str, Any]:
     return out
 
 
+def _nullable(check: schema.Check) -> schema.Check:
+    def nullable(value: Any, path: str) -> Any:
+        return None if value is None else check(value, path)
+
+    return nullable
+
+
+def _trajectory(value: Any, path: str) -> TrajectoryCommitment:
+    """``trajectory`` (predicate v3): exactly ``encoding``, ``steps``, ``leaves``, ``root``."""
+    m = _TRAJECTORY_MEMBERS(value, path)
+    commitment = TrajectoryCommitment(m["encoding"], m["steps"], m["leaves"], m["root"])
+    problem = commitment_problem(commitment)
+    if problem is not None:
+        raise SchemaError(path, problem)
+    return commitment
+
+
+_TRAJECTORY_MEMBERS = schema.members({
+    "encoding": schema.exactly(TRAJECTORY_ENCODING),
+    "steps": schema.integer(1, MAX_TRAJECTORY_STEPS),
+    "leaves": schema.integer(2, MAX_TRAJECTORY_STEPS + 1),
+    "root": schema.string(pattern=HEX256),
+})
 _NAME = schema.string(1, 200)
 _SHORT_NAME = schema.string(1, 100)
 _PREDICATE: dict[str, schema.Check] = {
@@ -284,6 +329,10 @@ _PREDICATE: dict[str, schema.Check] = {
 _PREDICATES = {
     PREDICATE_TYPE: schema.members(_PREDICATE),
     PREDICATE_TYPE_V2: schema.members({**_PREDICATE, **SETTINGS_MEMBERS_V2, "schedulerConfig": _scheduler_config}),
+    # v3: the sampler is null for a job that named none (nothing in a statement is optional).
+    PREDICATE_TYPE_V3: schema.members({**_PREDICATE, **SETTINGS_MEMBERS_V2,
+                                       "sampler": _nullable(SETTINGS_MEMBERS_V2["sampler"]),
+                                       "schedulerConfig": _scheduler_config, "trajectory": _trajectory}),
 }
 _SUBJECTS = schema.array(schema.members({
     "name": schema.string(pattern=_SUBJECT_NAME.pattern),
@@ -326,6 +375,7 @@ def _to_statement(obj: Any) -> Statement:
         node=p["node"],
         created_at=p["createdAt"],
         scheduler_config=p.get("schedulerConfig"),
+        trajectory=p.get("trajectory"),
     )
     return Statement(subject=subject, record=record)
 

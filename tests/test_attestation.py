@@ -348,7 +348,7 @@ def test_public_names() -> None:
     for name in attestation_pkg.__all__:
         assert hasattr(attestation_pkg, name), name
     public = {n for n in vars(attestation_pkg) if not n.startswith("_")}
-    modules = {"a1111", "pixels", "png", "sign", "statement", "verify"}
+    modules = {"a1111", "pixels", "png", "sign", "statement", "trajectory", "verify"}
     assert public - modules == set(attestation_pkg.__all__)
     assert PixelSubject(1, 2, "00").name == "rgb8:1x2"
 
@@ -450,7 +450,8 @@ def test_v2_scheduler_config_accepts_json_scalars_and_flat_arrays() -> None:
 
 @pytest.mark.parametrize("predicate_type,member,reason", [
     ("https://pointillist.dev/attestation/generation/v1", "sampler", "predicate.sampler: unknown member"),
-    ("https://pointillist.dev/attestation/generation/v3", None, "expected"),
+    ("https://pointillist.dev/attestation/generation/v3", None, "predicate.trajectory: missing"),
+    ("https://pointillist.dev/attestation/generation/v4", None, "expected"),
 ])
 def test_v2_members_belong_to_v2_only(predicate_type: str, member, reason: str) -> None:
     obj = _v2_payload()

@@ -62,6 +62,10 @@ def test_vector_outcome(vector: dict) -> None:
             with pytest.raises((VerificationError, RemoteError)) as info:
                 open_job(Envelope.from_json(data))
             assert vector["reason"] in str(info.value)
+    elif vector["kind"] == "merkle":  # step commitments, format version 3 (tests/test_trajectory.py)
+        from test_trajectory import check_merkle_document
+
+        check_merkle_document(json.loads(data))
     else:
         pytest.fail(f"unknown vector kind {vector['kind']!r}")
 

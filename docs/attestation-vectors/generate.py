@@ -29,6 +29,7 @@ from pointillist.attestation import (
     attest,
     embed_provenance,
 )
+from pointillist.attestation import trajectory as T
 from pointillist.attestation.png import _encode_png  # to write the broken files embed refuses to
 from pointillist.protocol.dsse import Envelope, pae, sign_envelope
 from pointillist.protocol.identity import Identity
@@ -60,6 +61,19 @@ SAMPLER_CONFIG = {
 }
 
 
+#: Format version 3 (issue 11): the embedded model's own scheduler and its config as a node records
+#: it (``"sampler": null`` in the predicate), and a small synthetic trajectory (TRAJECTORY_STEPS
+#: DDIM steps of 1x4x2x2 float32 latents) whose leaves, root and proofs are in trajectory-merkle.json.
+OWN_SCHEDULER = "DDIMScheduler"
+OWN_SCHEDULER_CONFIG = {
+    "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+    "trained_betas": None, "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1,
+    "prediction_type": "epsilon", "thresholding": False, "dynamic_thresholding_ratio": 0.995,
+    "clip_sample_range": 1.0, "sample_max_value": 1.0, "timestep_spacing": "leading", "rescale_betas_zero_snr": False,
+}
+TRAJECTORY_STEPS = 5
+
+
 def gradient() -> Image.Image:
     """16x16 RGB, pixel (x, y) = (17x, 17y, 8(x+y)): 256 distinct colours."""
     image = Image.new("RGB", (16, 16))
@@ -69,7 +83,7 @@ def gradient() -> Image.Image:
 
 def job_request(job_id: str, prompt: str, negative: str = "blurry", seed: str = "1234",
                 node: Identity = NODE, model: str = MODEL_NAME, guidance: float = 7.5,
-                sampler: str | None = None) -> JobRequest:
+                sampler: str | None = None, steps: int = 20) -> JobRequest:
     """A version 1 job, or version 2 with ``sampler``."""
     return JobRequest(
         job_id=job_id,
@@ -81,7 +95,7 @@ def job_request(job_id: str, prompt: str, negative: str = "blurry", seed: str = 
         prompt=prompt,
         negative_prompt=negative,
         seed=seed,
-        steps=20,
+        steps=steps,
         guidance=guidance,
         width=16,
         height=16,
@@ -262,6 +276,7 @@ def build_vectors() -> dict[str, bytes]:
 
     add_rule_vectors(add, png, image, job, attestation)
     add_v2_vectors(add, image, job)
+    add_v3_vectors(add, image)
 
     document = {
         "description": "Pointillist attestation test vectors; see docs/attestation.md, section Test vectors.",
@@ -415,6 +430,116 @@ def add_v2_vectors(add, image: Image.Image, v1_job: Envelope) -> None:
                                                    job.payload).to_json(), "invalid",
         reason="sampler: unknown member", kind="job",
         description="A version 2 job payload validly signed under the version 1 payload type.")
+
+
+def synthetic_trajectory() -> T.Trajectory:
+    """TRAJECTORY_STEPS steps of 1x4x2x2 float32 latents with exactly representable values, the
+    timesteps DDIM's "leading" spacing gives for 5 steps (801, 601, 401, 201, 1) as int64."""
+    import struct
+
+    def tensor(values: list[float]) -> T.TensorBytes:
+        return T.TensorBytes("float32", (1, 4, 2, 2), struct.pack("<16f", *values))
+
+    builder = T.TrajectoryBuilder()
+    builder.initial(tensor([(i - 8) / 4 for i in range(16)]))
+    for k in range(1, TRAJECTORY_STEPS + 1):
+        t = 1000 // TRAJECTORY_STEPS * (TRAJECTORY_STEPS - k) + 1
+        builder.step(T.TensorBytes("int64", (), struct.pack("<q", t)),
+                     tensor([(i % 5 - 2) / 8 * k for i in range(16)]),
+                     tensor([(i - 8) / 4 / (k + 1) for i in range(16)]))
+    return builder.finish()
+
+
+def merkle_document(trajectory: T.Trajectory) -> dict:
+    """trajectory-merkle.json: a tensor encoding, the leaves of ``trajectory``, their hashes, the
+    root and an RFC 9162 inclusion proof for every leaf, plus proofs that must be refused."""
+    latent = trajectory.leaf(0).latent
+    hashes = trajectory.leaf_hashes
+    root = trajectory.root
+    proofs = [{"index": i, "treeSize": len(hashes), "leafHash": hashes[i].hex(),
+               "path": [p.hex() for p in trajectory.proof(i)]} for i in range(len(hashes))]
+    bad = [
+        {**proofs[2], "index": 3, "why": "the proof of leaf 2 presented for index 3"},
+        {**proofs[2], "leafHash": hashes[3].hex(), "why": "leaf 3's hash with leaf 2's proof"},
+        {**proofs[2], "path": proofs[2]["path"][:-1], "why": "the last hash of the path left out"},
+        {**proofs[2], "treeSize": 2, "why": "index 2 in a tree of 2 leaves"},
+        {**proofs[5], "path": [proofs[5]["path"][0], proofs[5]["path"][0]], "why": "a path hash replaced"},
+    ]
+    return {
+        "description": "Step commitments (pointillist-trajectory-v1), docs/attestation.md section 10: "
+                       "a tensor's encoding, the leaves of a small trajectory (hex), leaf hashes "
+                       "SHA-256(0x00 || leaf), the RFC 9162 root, and inclusion proofs.",
+        "encoding": T.ENCODING,
+        "tensor": {"dtype": latent.dtype, "shape": list(latent.shape), "data": latent.data.hex(),
+                   "encoded": T.encode_tensor(latent).hex()},
+        "steps": trajectory.steps,
+        "leaves": [leaf.hex() for leaf in trajectory.leaves],
+        "leafHashes": [h.hex() for h in hashes],
+        "root": root.hex(),
+        "proofs": proofs,
+        "badProofs": bad,
+    }
+
+
+def add_v3_vectors(add, image: Image.Image) -> None:
+    """Format version 3 (issue 11): predicate generation/v3 commits to the denoising steps; the
+    job format is unchanged (v1 here, and v2 with a sampler)."""
+    trajectory = synthetic_trajectory()
+    document = json.dumps(merkle_document(trajectory), indent=2) + "\n"
+    add("trajectory-merkle.json", document.encode(), "valid", kind="merkle",
+        description="Leaves -> leaf hashes -> RFC 9162 root, and an inclusion proof per leaf; badProofs must "
+                    "be refused. The root is that of valid-v3.png.")
+    request = job_request("5123456789abcdef0123456789abcdef", "a lighthouse at dusk, oil painting",
+                          steps=TRAJECTORY_STEPS)
+    job = sign_job(REQUESTER, request)
+    record = dataclasses.replace(record_for(job, request), scheduler=OWN_SCHEDULER,
+                                 scheduler_config=dict(OWN_SCHEDULER_CONFIG), trajectory=trajectory.commitment())
+    attestation = attest(NODE, record, image)
+    parameters = a1111_parameters(record)
+    root = trajectory.root.hex().encode()
+
+    def png(name, expect, check, reason, description, **chunks):
+        pieces = {"attestation": attestation, "job": job, "parameters": parameters, **chunks}
+        add(name, _encode_png(image, texts(**pieces)), expect, check, reason, description)
+
+    png("valid-v3.png", "valid", None, None,
+        "Format version 3: a version 1 job (no sampler); predicate generation/v3 with \"sampler\": null, the "
+        "model's own scheduler and its config, and the trajectory of trajectory-merkle.json (5 steps, 6 "
+        "leaves); the A1111 text names the scheduler class.")
+    add("valid-v3.json", attestation.to_json(), "valid", kind="envelope", image="valid-v3.png",
+        description="The attestation envelope of valid-v3.png alone.")
+
+    v2_request = job_request("6123456789abcdef0123456789abcdef", "a lighthouse at dusk, oil painting",
+                             sampler=SAMPLER, steps=TRAJECTORY_STEPS)
+    v2_job = sign_job(REQUESTER, v2_request)
+    v2_record = dataclasses.replace(record_for(v2_job, v2_request), trajectory=trajectory.commitment())
+    add("valid-v3-sampler.png", embed_provenance(image, attest(NODE, v2_record, image), v2_job), "valid",
+        description="Format version 3 for a version 2 job naming 'DPM++ 2M Karras': the sampler, its "
+                    "scheduler config and a trajectory (that of valid-v3.png, reused); 'Sampler: DPM++ 2M Karras'.")
+
+    png("v3-tampered-root.png", "invalid", "signature", "envelope signature invalid",
+        "Payload trajectory root edited (one hex digit), signature kept.",
+        attestation=edited(attestation, root, root[:-1] + (b"0" if root[-1:] != b"0" else b"1")))
+    png("v3-malformed-trajectory.png", "invalid", "attestation", "leaves must equal steps + 1",
+        "The node validly signed a trajectory of 5 steps and 5 leaves (leaf 0, x_T, is one more).",
+        attestation=resigned(NODE, attestation, b'"leaves":6', b'"leaves":5'))
+    png("v3-trajectory-encoding.png", "invalid", "attestation", "predicate.trajectory.encoding",
+        "The node validly signed a trajectory in an encoding this version does not define.",
+        attestation=resigned(NODE, attestation, b'"encoding":"pointillist-trajectory-v1"',
+                             b'"encoding":"pointillist-trajectory-v9"'))
+    png("v3-root-uppercase.png", "invalid", "attestation", "predicate.trajectory.root",
+        "The node validly signed the root in uppercase hex.",
+        attestation=resigned(NODE, attestation, root, root.upper()))
+    png("v3-no-trajectory.png", "invalid", "attestation", "predicate.trajectory: missing",
+        "The node validly signed a generation/v3 statement without trajectory.",
+        attestation=resigned(NODE, attestation, b',"trajectory":' + json.dumps(
+            trajectory.commitment().to_json_dict(), sort_keys=True, separators=(",", ":")).encode(), b""))
+    png("v3-sampler-missing.png", "invalid", "attestation", "predicate.sampler: missing",
+        "The node validly signed a generation/v3 statement without the sampler member (null is required).",
+        attestation=resigned(NODE, attestation, b'"sampler":null,', b""))
+    png("v3-predicate-v2-type.png", "invalid", "attestation", "predicate.trajectory: unknown member",
+        "The node validly signed the v3 predicate under predicateType generation/v2.",
+        attestation=resigned(NODE, attestation, b"/attestation/generation/v3", b"/attestation/generation/v2"))
 
 
 def main(argv: list[str]) -> int:
