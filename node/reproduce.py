@@ -290,10 +290,11 @@ class Reproducer:
 
         settings = record.settings
         own = pipe.scheduler
-        if settings.sampler is None:  # predicate v1: the model's own scheduler, by class
-            if type(own).__name__ != record.scheduler:
-                return cannot(f"the image was attested with the scheduler {record.scheduler}, "
-                              f"this model's own is {type(own).__name__}")
+        if settings.sampler is None and type(own).__name__ != record.scheduler:
+            # No sampler: the model's own scheduler ran (v1; v3 with "sampler": null).
+            return cannot(f"the image was attested with the scheduler {record.scheduler}, "
+                          f"this model's own is {type(own).__name__}")
+        if record.scheduler_config is None:  # v1 records no config: the model's own, by class
             scheduler = own
         else:  # v2 and later: the attested class and config, checked against what generate builds
             try:
@@ -301,7 +302,7 @@ class Reproducer:
                 if missing:
                     return cannot(f"sampler {settings.sampler!r} needs the Python package "
                                   f"{', '.join(missing)}, not installed here")
-                scheduler = samplers.rebuild_scheduler(record.scheduler, record.scheduler_config or {})
+                scheduler = samplers.rebuild_scheduler(record.scheduler, record.scheduler_config)
             except Exception as exc:  # a config this diffusers cannot take
                 return cannot(f"cannot rebuild the attested scheduler {record.scheduler}: {one_line(exc)}")
             conditions.append(_scheduler_condition(samplers, own, scheduler, record))
@@ -311,7 +312,7 @@ class Reproducer:
         torch.set_num_threads(threads)
         pipe.scheduler = scheduler
         try:
-            result = model.generate(run_settings)
+            result = model.generate(run_settings, **_no_step_commitments(model))
         except UsageError as exc:  # settings this pipeline refuses (a size not a multiple of 8)
             return cannot(str(exc), tuple(conditions))
         except Exception as exc:  # the library failed (out of memory, an op missing for the dtype)
@@ -336,23 +337,37 @@ class Reproducer:
         return loaded
 
 
+def _no_step_commitments(model: Any) -> dict[str, Any]:
+    """``generate``'s keyword that skips recording the steps (issue 11's step commitments), where
+    this version has it: a re-run compares pixels, and recording costs time and memory."""
+    import inspect
+
+    return {"commit_steps": False} if "commit_steps" in inspect.signature(model.generate).parameters else {}
+
+
 def _scheduler_condition(samplers: Any, own: Any, rebuilt: Any, record: Any) -> Condition:
     """Whether the attested scheduler is what ``generate`` builds for the attested sampler on
-    this model. The re-run uses the attested one either way: that is the claim under test."""
-    attested = f"{record.scheduler} for {record.settings.sampler!r}"
-    if record.settings.sampler not in samplers.TABLE:
+    this model (no sampler, v3: the model's own scheduler). The re-run uses the attested one
+    either way: that is the claim under test."""
+    sampler = record.settings.sampler
+    what = "the model's own scheduler" if sampler is None else f"what this Pointillist builds for {sampler!r}"
+    label = "the model's own" if sampler is None else repr(sampler)
+    attested = f"{record.scheduler} for {label}"
+    if sampler is None:
+        built = own
+    elif sampler not in samplers.TABLE:
         return Condition("scheduler", attested, None, False,
-                         f"sampler {record.settings.sampler!r} is unknown to this Pointillist; ran the attested config")
-    built = samplers.build_scheduler(own.config, record.settings.sampler, record.settings.seed)
+                         f"sampler {sampler!r} is unknown to this Pointillist; ran the attested config")
+    else:
+        built = samplers.build_scheduler(own.config, sampler, record.settings.seed)
+    here = f"{type(built).__name__} for {label}"
     if type(built) is not type(rebuilt):
-        return Condition("scheduler", attested, type(built).__name__, False,
-                         f"this Pointillist builds {type(built).__name__} for {record.settings.sampler!r}; "
-                         "ran the attested one")
+        return Condition("scheduler", attested, here, False,
+                         f"{what} is {type(built).__name__}; ran the attested {record.scheduler}")
     mine, theirs = samplers.scheduler_config(built), samplers.scheduler_config(rebuilt)
     keys = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k, ...) != theirs.get(k, ...))
     if keys:
         shown = ", ".join(keys[:5]) + (", ..." if len(keys) > 5 else "")
-        return Condition("scheduler", attested, type(built).__name__, False,
-                         f"the attested config differs from what this Pointillist builds for "
-                         f"{record.settings.sampler!r} in {shown}; ran the attested one")
-    return Condition("scheduler", attested, f"{type(built).__name__} for {record.settings.sampler!r}", True)
+        return Condition("scheduler", attested, here, False,
+                         f"the attested config differs from {what} in {shown}; ran the attested one")
+    return Condition("scheduler", attested, here, True)

@@ -23,6 +23,7 @@ import pytest
 from PIL import Image
 
 from pointillist.attestation import GenerationRecord, attest, embed_provenance, rfc3339_utc
+from pointillist.attestation.trajectory import ENCODING, TrajectoryCommitment
 from pointillist.cli.main import main
 from pointillist.node.model_digest import compute_model_digest
 from pointillist.node.reproduce import (
@@ -54,7 +55,8 @@ def tiny_digest() -> str:
 
 
 def attested_png(image: Image.Image, settings: GenerationSettings, *, digest: str, scheduler: str = "DDIMScheduler",
-                 scheduler_config: dict | None = None, threads: int = 1) -> bytes:
+                 scheduler_config: dict | None = None, threads: int = 1,
+                 trajectory: TrajectoryCommitment | None = None) -> bytes:
     """An image signed by NODE as a generation of ``settings`` on the tiny model, for a job signed by
     REQUESTER, with this machine's library versions: everything a node states, whatever made the image."""
     request = new_job_request(node=NODE.peer_id, model="tiny-sd", prompt=settings.prompt, now=int(time.time()),
@@ -68,6 +70,7 @@ def attested_png(image: Image.Image, settings: GenerationSettings, *, digest: st
         libraries={name: version(name) for name in ("torch", "diffusers", "transformers", "pointillist")},
         job_id=request.job_id, requester=REQUESTER.peer_id, request_sha256=open_job(job).payload_sha256,
         node=NODE.peer_id, created_at=rfc3339_utc(time.time()), scheduler_config=scheduler_config,
+        trajectory=trajectory,
     )
     return embed_provenance(image, attest(NODE, record, image), job)
 
@@ -193,10 +196,12 @@ def honest(shared_node, tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def cheats(tmp_path_factory) -> dict[str, Path]:
     """The FOX job's attestation, honest digest and settings, over pixels made otherwise: the UNet's
-    weights times (1 + 0.1 % Gaussian noise), or the prompt "a red hen"."""
+    weights times (1 + 0.1 % Gaussian noise), or the prompt "a red hen". And "v3": the honest
+    image with a version 3 record (no sampler, the model's own scheduler config, a trajectory)."""
     import dataclasses
 
     torch = pytest.importorskip("torch")
+    from pointillist.node import samplers
     from pointillist.node.loading import load_model
 
     folder = tmp_path_factory.mktemp("cheats")
@@ -205,7 +210,9 @@ def cheats(tmp_path_factory) -> dict[str, Path]:
     torch.set_num_threads(1)  # as the node: the cheat is in the weights or prompt, not the threads
     try:
         model = load_model(TINY, device="cpu", dtype="float32")
-        images = {"other-prompt": model.generate(dataclasses.replace(FOX, prompt="a red hen")).image}
+        images = {"v3": model.generate(FOX).image,
+                  "other-prompt": model.generate(dataclasses.replace(FOX, prompt="a red hen")).image}
+        own_config = samplers.scheduler_config(model.pipe.scheduler)
         noise = torch.Generator().manual_seed(11)
         with torch.no_grad():
             for param in model.pipe.unet.parameters():
@@ -214,9 +221,12 @@ def cheats(tmp_path_factory) -> dict[str, Path]:
     finally:
         torch.set_num_threads(before)
     out = {}
+    # The re-run compares pixels; it does not recompute the trajectory, so any valid root will do.
+    v3 = {"scheduler_config": own_config,
+          "trajectory": TrajectoryCommitment(ENCODING, FOX.steps, FOX.steps + 1, "ab" * 32)}
     for name, image in images.items():
         out[name] = folder / f"{name}.png"
-        out[name].write_bytes(attested_png(image, FOX, digest=digest))
+        out[name].write_bytes(attested_png(image, FOX, digest=digest, **(v3 if name == "v3" else {})))
     return out
 
 
@@ -230,18 +240,21 @@ def test_a_node_image_reproduces_bit_for_bit(honest, tmp_path) -> None:
 
 
 @pytest.mark.integration
-def test_version_2_images_reproduce_bit_for_bit_with_the_attested_scheduler(honest, tmp_path) -> None:
-    # Two images in one process: the model is loaded once for both.
-    result = reproduce([honest["euler-a"], honest["dpmpp-2m-karras"]], tmp_path, "--json")
+def test_version_2_and_3_images_reproduce_bit_for_bit_with_the_attested_scheduler(honest, cheats, tmp_path) -> None:
+    # Three images in one process: the model is loaded once for all.
+    result = reproduce([honest["euler-a"], honest["dpmpp-2m-karras"], cheats["v3"]], tmp_path, "--json")
     assert result.returncode == 0, result.stdout + result.stderr
-    for report, (sampler, scheduler) in zip(reports(result), (("Euler a", "EulerAncestralDiscreteScheduler"),
-                                                               ("DPM++ 2M Karras", "DPMSolverMultistepScheduler"))):
+    expected = (("Euler a", "EulerAncestralDiscreteScheduler", "'Euler a'"),
+                ("DPM++ 2M Karras", "DPMSolverMultistepScheduler", "'DPM++ 2M Karras'"),
+                (None, "DDIMScheduler", "the model's own"))
+    for report, (sampler, scheduler, label) in zip(reports(result), expected, strict=True):
         assert report["statement"]["predicate"]["sampler"] == sampler
         rep = report["reproduce"]
         assert rep["outcome"] == "bit-for-bit" and rep["metrics"]["valuesDiffering"] == 0, rep
         assert rep["conditions"]["scheduler"] == {
-            "attested": f"{scheduler} for {sampler!r}", "here": f"{scheduler} for {sampler!r}", "same": True}
+            "attested": f"{scheduler} for {label}", "here": f"{scheduler} for {label}", "same": True}
         assert rep["differed"] == [] and {"device", "dtype", "threads", "torch", "scheduler"} <= set(rep["held"])
+    assert reports(result)[2]["statement"]["predicateType"].endswith("/generation/v3")
 
 
 @pytest.mark.integration
