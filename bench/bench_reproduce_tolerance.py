@@ -20,7 +20,7 @@ they classify every run correctly. The honest cases depend on the CPU: on anothe
     .venv/bin/python bench/bench_reproduce_tolerance.py            # 20 seeds, 64x64, 20 steps
     .venv/bin/python bench/bench_reproduce_tolerance.py --seeds 40 --size 96
 
-About 1.5 minutes with the defaults on 2 cores.
+About 1.5 minutes with the defaults on 2 idle cores (159 s on the shared sandbox, docs/benchmarks.md).
 """
 
 from __future__ import annotations
