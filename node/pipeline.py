@@ -28,7 +28,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import math  # noqa: E402
 import threading  # noqa: E402
 from collections.abc import Callable  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import TYPE_CHECKING, Any  # noqa: E402
 
@@ -43,6 +43,8 @@ from pointillist.protocol.settings import GenerationSettings  # noqa: E402
 
 if TYPE_CHECKING:
     import PIL.Image
+
+    from pointillist.attestation.trajectory import Trajectory
 
 __all__ = [
     "GenerationResult",
@@ -75,6 +77,9 @@ class GenerationResult:
     device: str  # "cpu", "cuda", "mps", ...
     torch_threads: int
     libraries: dict[str, str]  # {"torch": ..., "diffusers": ..., "transformers": ...}
+    # The recorded denoising steps (issue 11; ``step_commitments.py``), ``None`` when the caller
+    # asked for none (``commit_steps=False``). Its ``commitment()`` goes into predicate v3.
+    trajectory: Trajectory | None = field(default=None, repr=False)
 
 
 def library_versions() -> dict[str, str]:
@@ -137,7 +142,8 @@ class LoadedModel:
         )
 
     def generate(
-        self, params: GenerationSettings, on_step: Callable[[int, int], None] | None = None
+        self, params: GenerationSettings, on_step: Callable[[int, int], None] | None = None,
+        *, commit_steps: bool = True,
     ) -> GenerationResult:
         """Make one image. Raises UsageError for bad parameters (before any work).
 
@@ -152,6 +158,12 @@ class LoadedModel:
         scheduler timesteps (``steps`` for the embedded model's DDIM scheduler; a multistep
         scheduler such as PNDM may run more). An exception raised by ``on_step`` aborts the run and
         propagates unchanged (use it to cancel).
+
+        ``commit_steps`` records every scheduler step (``step_commitments.StepRecorder``) into
+        ``result.trajectory``: the node attests its Merkle root (predicate v3). The scheduler is
+        a fresh ``from_config`` copy for every run either way (the model's own one is never
+        patched, and a copy carries no state from an earlier run); recording does not change
+        the image.
         """
         _validate(params)
         pipe = self.pipe
@@ -171,9 +183,15 @@ class LoadedModel:
 
         with self._lock, torch.inference_mode():
             own_scheduler = pipe.scheduler
-            scheduler = own_scheduler
             if params.sampler is not None:  # raises UsageError before any work if unsupported
                 scheduler = samplers.build_scheduler(own_scheduler.config, params.sampler, params.seed)
+            else:
+                scheduler = type(own_scheduler).from_config(own_scheduler.config)
+            recorder = None
+            if commit_steps:
+                from .step_commitments import StepRecorder
+
+                recorder = StepRecorder(scheduler)  # wraps step on this run's instance only
             generator = torch.Generator(device="cpu").manual_seed(params.seed)
             pipe.scheduler = scheduler
             try:
@@ -193,6 +211,8 @@ class LoadedModel:
             finally:
                 pipe.scheduler = own_scheduler
             image = output.images[0].convert("RGB")
+            # Hashing happened step by step in this thread; the tree is log-depth over N + 1 hashes.
+            trajectory = recorder.finish() if recorder is not None else None
 
         return GenerationResult(
             image=image,
@@ -203,4 +223,5 @@ class LoadedModel:
             device=self.device,
             torch_threads=torch.get_num_threads(),
             libraries=library_versions(),
+            trajectory=trajectory,
         )

@@ -7,6 +7,12 @@ job and one primary-key lookup per fetch, whatever the number stored. Pruning is
 maintenance; a put that takes the total over the bound wakes it (``on_over_bound``) without
 waiting for it. Between the two, the store may hold a little more than ``max_bytes``.
 
+A result may carry its job's step commitments (issue 11: ``Trajectory.to_bytes()``, the leaves
+whose Merkle root the attestation signs), in the same row: kept for the same challenge window
+(``keep_s``, the results' retention), counted in the same size bound (``size`` is the PNG's bytes
+plus the trajectory's) and pruned with the result. ``trajectory_for`` reads them back for the
+audit protocol (issue 11, later items).
+
 All methods block (SQLite): the service calls them in worker threads.
 """
 
@@ -17,6 +23,8 @@ import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
+
+from ..attestation.trajectory import Trajectory
 
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -43,17 +51,20 @@ class ResultStore:
             self.count, self.total_bytes = db.conn.execute(
                 "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM results").fetchone()
 
-    def put(self, job_id: str, requester: str, png: bytes, now: float | None = None) -> None:
+    def put(self, job_id: str, requester: str, png: bytes, now: float | None = None,
+            trajectory: bytes | None = None) -> None:
+        """Store a result; ``trajectory``: its step commitments (``Trajectory.to_bytes()``)."""
         if not _JOB_ID.match(job_id):
             raise ValueError("job ids are 32 lowercase hex digits")
         now = self.clock() if now is None else now
+        size = len(png) + (len(trajectory) if trajectory is not None else 0)
         with self.db.transaction() as conn:
             old = conn.execute("SELECT size FROM results WHERE job_id = ?", (job_id,)).fetchone()
-            conn.execute("INSERT OR REPLACE INTO results (job_id, requester, created, size, png) "
-                         "VALUES (?, ?, ?, ?, ?)", (job_id, requester, now, len(png), png))
+            conn.execute("INSERT OR REPLACE INTO results (job_id, requester, created, size, png, trajectory) "
+                         "VALUES (?, ?, ?, ?, ?, ?)", (job_id, requester, now, size, png, trajectory))
         with self._totals:
             self.count += old is None
-            self.total_bytes += len(png) - (old[0] if old else 0)
+            self.total_bytes += size - (old[0] if old else 0)
             over = self.total_bytes > self.max_bytes
         if over:
             self.on_over_bound()
@@ -68,6 +79,27 @@ class ResultStore:
         if row is None or now - row[1] > self.keep_s:
             return None
         return StoredResult(job_id, row[0], row[1], bytes(row[2]))
+
+    def trajectory_bytes(self, job_id: str, now: float | None = None) -> bytes | None:
+        """The stored step commitments of ``job_id`` as stored, or ``None`` (none kept, expired,
+        pruned, or a result stored without them)."""
+        if not _JOB_ID.match(job_id):
+            return None
+        now = self.clock() if now is None else now
+        with self.db.lock:
+            row = self.db.conn.execute("SELECT created, trajectory FROM results WHERE job_id = ?",
+                                       (job_id,)).fetchone()
+        if row is None or row[1] is None or now - row[0] > self.keep_s:
+            return None
+        return bytes(row[1])
+
+    def trajectory_for(self, job_id: str, now: float | None = None) -> Trajectory | None:
+        """The step commitments of ``job_id`` within the challenge window, or ``None``: the
+        leaves in order, their hashes and root (recomputed; the audit compares it with the
+        signed one), and inclusion proofs (``Trajectory.proof``). Raises ``VerificationError``
+        if the stored bytes are damaged."""
+        data = self.trajectory_bytes(job_id, now)
+        return Trajectory.from_bytes(data) if data is not None else None
 
     def prune_pass(self, now: float | None = None, batch: int = 500, max_bytes: int | None = None) -> bool:
         """Drop at most ``batch`` results and about ``max_bytes`` (at least one result): expired

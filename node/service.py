@@ -16,6 +16,12 @@ job. The thread takes one job at a time (the service's GPU lock admits one anywa
 when the node shuts down (``on_step`` checks the flag and raises ``GenerationCancelled``), hands
 its outcome back to the trio loop, and ends when the service is garbage-collected.
 
+Step commitments (issue 11): the model records and hashes every denoising step in the
+generation thread (``step_commitments.py``), the attestation signs their Merkle root (predicate
+generation/v3), and the leaves are stored with the result (``ResultStore.put(trajectory=...)``),
+for ``trajectory_for`` to read during the challenge window. A model that records none (test
+doubles) gets the version 1 or 2 predicate as before.
+
 Everything that touches the disk (storing a result, fetching one, writing a job's replay keys)
 runs in trio's worker threads: its cost does not grow with what the node holds
 (node/state_store.py), and the loop never waits on the disk.
@@ -23,6 +29,7 @@ runs in trio's worker threads: its cost does not grow with what the node holds
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import sqlite3
@@ -37,6 +44,7 @@ import trio
 from ..attestation.png import embed_provenance
 from ..attestation.sign import attest
 from ..attestation.statement import GenerationRecord, rfc3339_utc
+from ..attestation.trajectory import Trajectory
 from ..protocol import framing
 from ..protocol.errors import ErrorCode, FrameError, FrameTooLarge, JobRejected, TransportError
 from ..protocol.identity import Identity
@@ -238,6 +246,7 @@ class JobService:
         accepted = JobAccepted(request.job_id, job.requester, peer, request.model, request.steps, self._waiting - 1)
         self.events.emit(accepted)
         started = generated_at = None
+        trajectory: bytes | None = None
         try:
             log.debug("job %s from %s accepted (%d ahead)", request.job_id, job.requester, self._waiting - 1)
             await self._remember(request)
@@ -245,7 +254,7 @@ class JobService:
             async with self._gpu:
                 started = time.monotonic()
                 self.events.emit(JobStarted(request.job_id, request.steps))
-                png = await self._run(stream, job, model)
+                png, trajectory = await self._run(stream, job, model)
                 generated_at = time.monotonic()
         except JobRejected as exc:
             self._finished(accepted, started, generated_at, exc.code)
@@ -262,7 +271,8 @@ class JobService:
             if self.results is not None:
                 # Kept before sending: if the requester is gone, it can fetch the result later.
                 try:
-                    await trio.to_thread.run_sync(self.results.put, request.job_id, job.requester, png)
+                    await trio.to_thread.run_sync(functools.partial(
+                        self.results.put, request.job_id, job.requester, png, trajectory=trajectory))
                 except (OSError, sqlite3.Error) as exc:  # a full disk must not cost the requester its image
                     log.warning("job %s: result not stored (%s); sending it anyway", request.job_id, exc)
             await self._write(stream, ResultMessage(t="result", jobId=request.job_id, png=png))
@@ -293,6 +303,13 @@ class JobService:
             generation_s=generated_at - started, delivery_s=now - generated_at,
             steps=accepted.steps, png_bytes=png_bytes, delivered=delivered))
 
+    async def trajectory_for(self, job_id: str) -> Trajectory | None:
+        """The step commitments kept for ``job_id`` (``ResultStore.trajectory_for``, in a worker
+        thread), or ``None``. For the audit protocol (issue 11, later items); no network use yet."""
+        if self.results is None:
+            return None
+        return await trio.to_thread.run_sync(self.results.trajectory_for, job_id)
+
     async def _fetch(self, stream: Any, message: FetchMessage) -> None:
         request, requester = self.admission.check_fetch(message.envelope.to_envelope(), now=self.clock())
         stored = await trio.to_thread.run_sync(self.results.get, request.job_id) if self.results is not None else None
@@ -300,9 +317,11 @@ class JobService:
             raise JobRejected(ErrorCode.NOT_FOUND, f"no stored result for job {request.job_id} of this requester")
         await self._write(stream, ResultMessage(t="result", jobId=stored.job_id, png=stored.png))
 
-    async def _run(self, stream: Any, job: SignedJob, model: Model) -> bytes:
+    async def _run(self, stream: Any, job: SignedJob, model: Model) -> tuple[bytes, bytes | None]:
+        """The attested PNG, and the stored form of its step commitments (``None`` if the model
+        recorded none)."""
         params = self._make_params(job)
-        result: dict[str, bytes] = {}
+        result: dict[str, Any] = {}
         latest: list[tuple[int, int] | None] = [None]
         work_done = trio.Event()
 
@@ -316,6 +335,9 @@ class JobService:
         def work() -> None:
             generated = model.generate(params, on_step)
             result["png"] = self._attest(job, model, generated)
+            # Serialised here, in the generation thread: a few MB copied, never on the trio loop.
+            trajectory = getattr(generated, "trajectory", None)
+            result["trajectory"] = trajectory.to_bytes() if trajectory is not None else None
 
         async def forward_progress() -> None:
             # At most one frame per PROGRESS_INTERVAL_S, and always the last step reached:
@@ -359,10 +381,11 @@ class JobService:
                 work_done.set()
         if failure is not None:
             raise failure
-        return result["png"]
+        return result["png"], result["trajectory"]
 
     def _attest(self, job: SignedJob, model: Model, generated: Any) -> bytes:
         r = job.request
+        trajectory = getattr(generated, "trajectory", None)
         record = GenerationRecord(
             model_name=model.name,
             model_digest=model.digest,
@@ -378,8 +401,10 @@ class JobService:
             request_sha256=job.payload_sha256,
             node=self.identity.peer_id,
             created_at=rfc3339_utc(self.clock()),
-            # A job naming a sampler (v2) gets predicate v2, which records the scheduler's config.
-            scheduler_config=None if r.sampler is None else generated.scheduler_config,
+            # Recorded steps (issue 11) make it predicate v3, which records the scheduler's config
+            # always; otherwise a job naming a sampler (v2) gets predicate v2, which records it too.
+            scheduler_config=generated.scheduler_config if trajectory is not None or r.sampler is not None else None,
+            trajectory=trajectory.commitment() if trajectory is not None else None,
         )
         envelope = attest(self.identity, record, generated.image)
         return embed_provenance(generated.image, envelope, job.envelope)

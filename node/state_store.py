@@ -8,6 +8,9 @@ node must not grow with the results stored or the job ids remembered, so
   thread; the operator's (count, bytes) is a running total kept in memory, read at no cost;
 - a remembered job is one INSERT of its two keys (in a worker thread, before "accepted" is
   sent, so it survives a crash right after); the in-memory ``ReplayCache`` stays the check;
+- a result's step commitments (issue 11, the leaves of the Merkle root its attestation signs)
+  are a column of its row: written in the same INSERT, kept for the same window, counted in the
+  same size bound (``[results] max_mb``) and pruned with it; ``NodeState.trajectory_for`` reads them;
 - pruning (expired results, then the oldest over the size bound, then expired replay keys) runs
   in ``maintain()``: in a worker thread, at most ``PRUNE_BATCH`` rows a pass, passes until nothing
   is left, then it sleeps ``MAINTAIN_PERIOD_S`` or until a put crosses the size bound.
@@ -39,6 +42,7 @@ from typing import Callable, Iterator
 
 import trio
 
+from ..attestation.trajectory import Trajectory
 from .policy import Policy
 from .replay import ReplayCache, ReplayJournal
 from .results import ResultStore
@@ -61,7 +65,8 @@ CREATE TABLE IF NOT EXISTS results (
     requester TEXT NOT NULL,
     created REAL NOT NULL,
     size INTEGER NOT NULL,
-    png BLOB NOT NULL
+    png BLOB NOT NULL,
+    trajectory BLOB
 );
 CREATE INDEX IF NOT EXISTS results_created ON results (created);
 CREATE TABLE IF NOT EXISTS replay (
@@ -114,11 +119,20 @@ def _connect(path: Path) -> sqlite3.Connection:
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA journal_size_limit=33554432")  # the log shrinks back to 32 MiB after a checkpoint
         conn.executescript(_SCHEMA)
+        _add_trajectory_column(conn)
         conn.execute("SELECT COUNT(*) FROM results").fetchone()
     except BaseException:
         conn.close()
         raise
     return conn
+
+
+def _add_trajectory_column(conn: sqlite3.Connection) -> None:
+    """A database made before step commitments (issue 11) gets the results' ``trajectory``
+    column (NULL for the results it holds). ALTER TABLE ADD COLUMN rewrites nothing."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(results)")}
+    if "trajectory" not in columns:
+        conn.execute("ALTER TABLE results ADD COLUMN trajectory BLOB")
 
 
 #: What SQLite says of a file that is not (or no longer) a database. Anything else (locked by
@@ -167,6 +181,11 @@ class NodeState:
         if self.results is None:
             return 0, 0
         return self.results.count, self.results.total_bytes
+
+    def trajectory_for(self, job_id: str) -> Trajectory | None:
+        """The step commitments kept for ``job_id`` (blocking), or ``None``: what the audit
+        protocol (issue 11) answers challenges from. See ``ResultStore.trajectory_for``."""
+        return self.results.trajectory_for(job_id) if self.results is not None else None
 
     def prune_pass(self, now: float | None = None, batch: int = PRUNE_BATCH) -> bool:
         """One bounded pass (blocking): at most ``batch`` rows of each kind (``PRUNE_BYTES`` of
@@ -240,7 +259,8 @@ def _import_old_layout(db: Database, state_dir: Path, now: float) -> None:
                 row = (meta_path.stem, str(meta["requester"]), float(meta["created"]), len(png), png)
             except (OSError, ValueError, KeyError, TypeError):
                 continue
-            conn.execute("INSERT OR IGNORE INTO results VALUES (?, ?, ?, ?, ?)", row)
+            conn.execute("INSERT OR IGNORE INTO results (job_id, requester, created, size, png) "
+                         "VALUES (?, ?, ?, ?, ?)", row)
             imported += 1
         if replay_file.exists():
             try:
