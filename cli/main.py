@@ -21,6 +21,7 @@ COMMANDS = {
     "fetch": ("fetch_cmd", "fetch a finished result again by job id"),
     "verify": ("verify_cmd", "check an image's embedded attestation, offline"),
     "peers": ("peers_cmd", "show the live nodes of the network"),
+    "reputation": ("reputation_cmd", "the nodes you checked, and which failed and get no more jobs"),
     "demo": ("demo_cmd", "start three local nodes, submit a job, verify the image"),
 }
 

@@ -85,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
             _print_json([{"file": str(path), **d} for (path, _, _), d in zip(results, dicts)])
         elif results:
             _print_json(dicts[0])
+    if reproducer is not None:
+        _record_standings(results)
     if unreadable:
         return 2
     if not all(report.ok for _, report, _ in results) or any(r is not None and r.ok is False for *_, r in results):
@@ -120,6 +122,32 @@ def _reproducer(args: argparse.Namespace):
                             model_config=args.model_config)
     reproducer.digest  # noqa: B018 - a path that is no model is a usage error, before any image
     return reproducer
+
+
+def _record_standings(results) -> None:
+    """What the re-runs showed of each signing node, into this requester's reputation
+    (requester/reputation.py): a mismatch distrusts the node for later submits."""
+    import time
+
+    from ..protocol.keyfile import data_dir
+    from ..requester.reputation import Reputation
+
+    checked = [(report.statement.record.node, path, r) for path, report, r in results if r is not None and r.ok is not None]
+    if not checked:
+        return
+    state = data_dir()
+    reputation = Reputation.load(state)
+    for node, path, reproduction in checked:
+        if reproduction.ok:
+            reputation.passed(node, time.time())
+        else:
+            reputation.failed(node, time.time(), "reproduce", reproduction.detail, evidence=str(path.resolve()))
+            print(f"node {node} failed this check and gets no more jobs from you "
+                  f"(`pointillist reputation`)", file=sys.stderr)
+    try:
+        reputation.save(state)
+    except OSError as exc:
+        print(f"warning: could not record the outcome in {state}: {exc.strerror or exc}", file=sys.stderr)
 
 
 def _reproduce(reproducer, report, data: bytes):

@@ -16,7 +16,7 @@ import trio
 from ..attestation.verify import MIN_DIGEST_PREFIX  # the shortest prefix any command accepts
 from ..network.host import connect, parse_peer_addr
 from ..protocol.errors import RemoteError, TransportError, UsageError
-from .ranking import Candidate, rank_nodes, serving_nodes
+from .ranking import Candidate, by_standing, rank_nodes, serving_nodes
 
 log = logging.getLogger("pointillist.requester")
 
@@ -92,10 +92,10 @@ class Discovery:
         return self.serving(model) > 0
 
     async def candidates(self, model: str, steps: int, width: int, height: int,
-                         avoid: set[str] = frozenset()) -> list[Candidate]:
-        """Ranked candidates, the best few probed for a fresh record and their round-trip time.
-        Nodes in backoff (``avoid``) go last rather than nowhere: a recovered node beats none."""
-        ranked = self.rank(model, steps, width, height)
+                         avoid: set[str] = frozenset(), distrusted: set[str] = frozenset()) -> list[Candidate]:
+        """Ranked candidates, the best few probed for a fresh record and their round-trip time,
+        ordered by ``ranking.by_standing`` (backoff last, distrusted nodes left out)."""
+        ranked = by_standing(self.rank(model, steps, width, height), distrusted=distrusted)
         latency: dict[str, float] = {}
         for candidate in ranked[:PROBE_TOP]:
             try:
@@ -108,7 +108,7 @@ class Discovery:
                 log.info("node %s did not answer a probe: %s", candidate.peer_id, exc)
                 latency[candidate.peer_id] = float("inf")
         ranked = self.rank(model, steps, width, height, latency=latency)
-        return [c for c in ranked if c.peer_id not in avoid] + [c for c in ranked if c.peer_id in avoid]
+        return by_standing(ranked, avoid, distrusted)
 
     async def _ask_providers(self, digest: str) -> None:
         try:

@@ -77,3 +77,12 @@ def rank_nodes(
         out.append(Candidate(r, estimate + (0.0 if served.warm else COLD_MODEL_S)))
     out.sort(key=lambda c: (c.estimate_s, c.record.peer_id))
     return out
+
+
+def by_standing(ranked: list[Candidate], avoid: set[str] = frozenset(),
+                distrusted: set[str] = frozenset()) -> list[Candidate]:
+    """``ranked`` without the nodes that failed a check of their work (``requester.reputation``),
+    and with the nodes in backoff (``avoid``) last rather than nowhere: a recovered node beats none,
+    a node caught signing what it did not run does not."""
+    kept = [c for c in ranked if c.peer_id not in distrusted]
+    return [c for c in kept if c.peer_id not in avoid] + [c for c in kept if c.peer_id in avoid]

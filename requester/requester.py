@@ -30,7 +30,8 @@ from ..protocol.settings import GenerationSettings, sampler_problem
 from .backoff import PeerBackoff
 from .failover import PATIENCE_S, Failover, Hooks, Outcome, fetch_when_done, verify_result
 from .journal import Journal, JournalEntry
-from .ranking import Candidate
+from .ranking import Candidate, by_standing
+from .reputation import Reputation
 from .transport import NodeAddress, NodeTransport
 
 #: Jobs of one ``submit_all`` in flight at once (``submit -n 8``, several prompts).
@@ -122,6 +123,8 @@ class Session:
         state = requester.state_dir
         # One backoff per session: jobs running side by side share what they learn of nodes.
         self.backoff = PeerBackoff.load(state / "peer-backoff.json") if state else PeerBackoff()
+        # Read once: nodes that failed a check of their work get no job (requester/reputation.py).
+        self.distrusted = Reputation.load(state).distrusted() if state else set()
 
     def close(self) -> None:
         if self.requester.state_dir:
@@ -168,22 +171,26 @@ class Session:
         d = self.discovery
         await self._join()
         spec = dataclasses.replace(spec, model=d.resolve_model(spec.model))
+        distrusted = self.distrusted
         if not await d.wait_for_model(spec.model):
             hint = f"; {d.dht_problem}" if d.dht_problem else ""
             raise PointillistError(f"no live node serves {spec.model!r} (known nodes: {len(d.live())}; "
                                    f"see `pointillist peers`){hint}")
+        if not d.serving(spec.model, distrusted):
+            raise PointillistError(f"every live node serving {spec.model!r} failed a check of its work "
+                                   f"({d.serving(spec.model)}; see `pointillist reputation`)")
         s = spec.settings
         avoided = backoff.avoided(time.time())
-        first: list[list[Candidate]] = [await d.candidates(spec.model, s.steps, s.width, s.height, avoid=avoided)]
+        first: list[list[Candidate]] = [await d.candidates(spec.model, s.steps, s.width, s.height, avoid=avoided,
+                                                           distrusted=distrusted)]
 
         def rank(exclude: set[str]) -> list[Candidate]:
             if first:  # the probed ranking for the first round, fresh rankings after
                 return [c for c in first.pop() if c.peer_id not in exclude]
             ranked = d.rank(spec.model, s.steps, s.width, s.height, exclude=exclude)
-            avoid = backoff.avoided(time.time())
-            return [c for c in ranked if c.peer_id not in avoid] + [c for c in ranked if c.peer_id in avoid]
+            return by_standing(ranked, backoff.avoided(time.time()), distrusted)
 
-        return rank, (lambda exclude: d.serving(spec.model, exclude)), spec
+        return rank, (lambda exclude: d.serving(spec.model, exclude | distrusted)), spec
 
     # ---- fetch ------------------------------------------------------------------------------
 
