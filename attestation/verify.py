@@ -166,7 +166,7 @@ def _attestation_check(contents: PngContents) -> tuple[Check, Envelope | None, S
     detail = f"in-toto statement, predicate {statement.record.predicate_type}"
     trajectory = statement.record.trajectory
     if trajectory is not None:  # v3: the root is checked only by an audit (issue 11), not here
-        detail += f", {trajectory.steps} denoising steps committed (root {trajectory.root[:16]}…)"
+        detail += f", {trajectory.steps} denoising steps committed (root {trajectory.root[:16]}...)"
     return _check("attestation", True, detail), envelope, statement
 
 

@@ -462,3 +462,32 @@ def test_damaged_stored_trajectory_is_a_one_line_error(tmp_path) -> None:
             state.trajectory_for("a" * 32)
     finally:
         state.close()
+
+
+# --- predicate generation/v3 -----------------------------------------------------------------------
+
+
+def test_v3_records_round_trip_and_build_refuses_what_parse_would() -> None:
+    import dataclasses
+
+    from support import load_vector_generator
+
+    from pointillist.attestation import attest, parse_statement
+    from pointillist.protocol.errors import UsageError
+    from pointillist.protocol.jobs import sign_job
+
+    V = load_vector_generator()
+    commitment = V.synthetic_trajectory().commitment()
+    for sampler in (None, V.SAMPLER):
+        request = V.job_request("7123456789abcdef0123456789abcdef", "a fox", sampler=sampler, steps=5)
+        record = dataclasses.replace(V.record_for(sign_job(V.REQUESTER, request), request), trajectory=commitment,
+                                     scheduler_config=dict(V.OWN_SCHEDULER_CONFIG))
+        parsed = parse_statement(attest(V.NODE, record, V.gradient()).payload).record
+        assert parsed == record and parsed.trajectory == commitment and parsed.settings.sampler == sampler
+        assert parsed.predicate_type.endswith("/generation/v3")
+    with pytest.raises(UsageError, match="needs its scheduler config"):
+        attest(V.NODE, dataclasses.replace(record, scheduler_config=None), V.gradient())
+    with pytest.raises(UsageError, match="must be a TrajectoryCommitment"):
+        attest(V.NODE, dataclasses.replace(record, trajectory=commitment.to_json_dict()), V.gradient())
+    with pytest.raises(UsageError, match="leaves must equal steps"):
+        attest(V.NODE, dataclasses.replace(record, trajectory=dataclasses.replace(commitment, leaves=5)), V.gradient())
