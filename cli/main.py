@@ -20,6 +20,7 @@ COMMANDS = {
     "submit": ("submit_cmd", "sign a job, send it to a node, verify and save the image"),
     "fetch": ("fetch_cmd", "fetch a finished result again by job id"),
     "verify": ("verify_cmd", "check an image's embedded attestation, offline"),
+    "audit": ("audit_cmd", "recompute a few of an image's committed steps: did its node run what it signed?"),
     "peers": ("peers_cmd", "show the live nodes of the network"),
     "reputation": ("reputation_cmd", "the nodes you checked, and which failed and get no more jobs"),
     "demo": ("demo_cmd", "start three local nodes, submit a job, verify the image"),

@@ -1,0 +1,299 @@
+"""``pointillist audit IMAGE --model PATH``: check that the node that signed IMAGE ran the
+generation it attests, by recomputing a few of its committed steps (issue 11, docs/audit.md).
+
+The image must verify and carry step commitments (predicate generation/v3). Once the node has
+committed (the root is signed), the steps to challenge are drawn at random: step 1 always (it
+binds the seed to the model's first output), ``--steps`` more, and the last latent against the
+image's pixels through the VAE. The node opens those leaves over ``/pointillist/audit/1.0.0``
+with their Merkle proofs (requester/audit_client.py); node/audit_check.py recomputes them with the
+model. Verdict: pass (exit 0), fail (exit 1, with the step and the figure), unauditable (exit 3:
+why). Within the challenge window a node that does not open its leaves fails. A failure writes an
+evidence file that anyone with the model re-checks: ``pointillist audit --evidence FILE --model
+PATH``; either outcome goes into this requester's reputation of the node (``pointillist
+reputation``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+EVIDENCE_FORMAT = "pointillist-audit-evidence-v1"
+EXIT_UNAUDITABLE = 3
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("image", type=Path, nargs="?", help="PNG written by pointillist (attestation version 3)")
+    p.add_argument("--model", type=Path, required=True, metavar="PATH",
+                   help="the attested model: a diffusers folder or a single-file checkpoint")
+    p.add_argument("--model-config", type=Path, metavar="DIR|FAMILY", help="config for a single-file checkpoint")
+    p.add_argument("--peer", metavar="MULTIADDR", help="the node's address (default: from your journal of jobs)")
+    p.add_argument("--steps", type=int, default=2, metavar="K",
+                   help="steps to challenge besides step 1, drawn at random (default 2)")
+    p.add_argument("--evidence", type=Path, metavar="FILE", help="re-check an evidence file instead of an image")
+    p.add_argument("--evidence-out", type=Path, metavar="FILE",
+                   help="where a failed audit writes its evidence (default: IMAGE.audit-evidence.json)")
+    p.add_argument("--device", default="cpu", help="where to recompute (default cpu)")
+    p.add_argument("--json", action="store_true", help="print the verdict as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..protocol.errors import UsageError
+
+    if (args.image is None) == (args.evidence is None):
+        raise UsageError("give an IMAGE to audit, or --evidence FILE to re-check")
+    if not 0 <= args.steps <= 62:
+        raise UsageError("--steps takes 0 to 62")
+    if args.evidence is not None:
+        return _recheck(args)
+    return _audit(args)
+
+
+# ---- the audit ------------------------------------------------------------------------------
+
+
+def _verified(png: bytes, source: str):
+    """The verified statement's record and the image's pixels; ``UsageError`` if it does not verify."""
+    from ..attestation.png import read_png
+    from ..attestation.verify import verify_image
+    from ..protocol.errors import UsageError
+
+    report = verify_image(png)
+    if not report.ok or report.statement is None:
+        failed = next((c for c in report.checks if c.ok is False), None)
+        raise UsageError(f"{source} does not verify ({failed.name}: {failed.detail}); run `pointillist verify`"
+                         if failed else f"{source} does not verify")
+    return report.statement.record, read_png(png).image
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from ..node.audit_check import AuditError, choose_steps, leaves_needed
+    from ..protocol.errors import UsageError
+
+    try:
+        png = args.image.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read {args.image}: {exc.strerror}") from None
+    record, image = _verified(png, str(args.image))
+    if record.trajectory is None:
+        return _report(args, _unauditable("the attestation has no step commitments (made before version 3)"))
+    model_problem = _model_problem(args.model, record)
+    if model_problem:
+        return _report(args, _unauditable(model_problem))
+    address = args.peer or _journal_address(record.job_id)
+    if address is None:
+        raise UsageError(f"job {record.job_id} is not in your journal of jobs: give --peer <the node's address>")
+
+    steps = choose_steps(record.trajectory.steps, args.steps)  # after the commitment: unpredictable
+    try:
+        indices = leaves_needed(record, steps)
+    except AuditError as exc:
+        return _report(args, _unauditable(str(exc)))
+    opened, unanswered = _open(address, record, indices)
+    if unanswered is not None:
+        age = time.time() - _unix(record.created_at)
+        from ..protocol.audit import MIN_CHALLENGE_WINDOW_S
+
+        if age > MIN_CHALLENGE_WINDOW_S:
+            return _report(args, _unauditable(f"{unanswered} (the image is {age / 3600:.1f} h old, past the "
+                                               f"{MIN_CHALLENGE_WINDOW_S // 3600} h challenge window)"))
+        verdict = _no_answer(unanswered, steps)
+    else:
+        verdict = _recompute(args, record, image, {i: (o.leaf, o.proof) for i, o in opened.items()}, steps)
+    if verdict.ok is False:
+        evidence = args.evidence_out or args.image.with_name(args.image.name + ".audit-evidence.json")
+        _write_evidence(evidence, png, record, steps, opened, verdict, unanswered)
+        _remember(record.node, False, verdict.detail, evidence)
+        return _report(args, verdict, evidence)
+    if verdict.ok:
+        _remember(record.node, True)
+    return _report(args, verdict)
+
+
+def _model_problem(model: Path, record) -> str | None:
+    from ..node.model_digest import model_digest
+    from ..protocol.errors import ModelError
+
+    try:
+        digest = model_digest(model)
+    except ModelError as exc:
+        return f"cannot read the model: {exc}"
+    if digest != record.model_digest:
+        return f"the model at {model} has digest {digest}, the image was attested with {record.model_digest}"
+    return None
+
+
+def _journal_address(job_id: str) -> str | None:
+    from ..protocol.keyfile import data_dir
+    from ..requester.journal import Journal
+
+    entry = Journal(data_dir() / "jobs.jsonl").find(job_id)
+    return entry.addr if entry is not None else None
+
+
+def _open(address: str, record, indices: list[int]):
+    """``(opened leaves, None)`` or ``(None, why the node did not answer)``."""
+    from ..network.host import running_host
+    from ..protocol.errors import TransportError, UsageError
+    from ..protocol.identity import Identity
+    from ..requester.audit_client import Unanswered, open_leaves
+    from .interrupt import run_trio
+
+    async def ask():
+        async with running_host(Identity.generate()) as host:
+            try:  # returned, not raised: the host's nursery would wrap them in a group
+                return (await open_leaves(host, address, record.job_id, record.trajectory, indices)).leaves, None
+            except Unanswered as exc:
+                return None, str(exc)
+            except TransportError as exc:
+                return exc, None
+
+    outcome = run_trio(ask, interrupted=lambda: "audit interrupted")
+    if isinstance(outcome[0], TransportError):
+        # Unreachable is not a refusal: a home GPU may be off. Try again later.
+        raise UsageError(f"cannot reach the node at {address}: {outcome[0]}; try again while it is online")
+    return outcome
+
+
+def _recompute(args: argparse.Namespace, record, image, opened: dict, steps: list[int]):
+    import torch
+
+    from ..node.audit_check import audit
+    from ..node.loading import load_model
+    from ..node.reproduce import run_dtype, run_threads
+    from ..protocol.errors import ModelError
+
+    torch.set_num_threads(run_threads(record.torch_threads))  # as the node, where this machine can
+    try:
+        model = load_model(args.model, device=args.device, dtype=run_dtype(record.dtype, args.device),
+                           config=args.model_config)
+    except ModelError as exc:
+        return _unauditable(f"cannot load the model: {exc}")
+    return audit(model, record, image, opened, steps)
+
+
+def _unauditable(why: str):
+    from ..node.audit_check import UNAUDITABLE, AuditVerdict
+
+    return AuditVerdict(UNAUDITABLE, f"unauditable: {why}", ())
+
+
+def _no_answer(why: str, steps: list[int]):
+    from ..node.audit_check import FAIL, AuditVerdict, Check
+
+    return AuditVerdict(FAIL, f"fail: the node did not open the challenged leaves: {why}",
+                        (Check("answer", FAIL, why),), tuple(steps))
+
+
+def _unix(created_at: str) -> float:
+    import calendar
+
+    return calendar.timegm(time.strptime(created_at, "%Y-%m-%dT%H:%M:%SZ"))
+
+
+# ---- evidence --------------------------------------------------------------------------------
+
+
+def _write_evidence(path: Path, png: bytes, record, steps, opened, verdict, unanswered: str | None) -> None:
+    from ..protocol.errors import UsageError
+
+    b64 = lambda data: base64.b64encode(data).decode("ascii")  # noqa: E731
+    doc = {
+        "format": EVIDENCE_FORMAT,
+        "node": record.node,
+        "jobId": record.job_id,
+        "root": record.trajectory.root,
+        "image": b64(png),  # the attestation and the job travel inside it
+        "challengedSteps": list(steps),
+        "leaves": {str(i): {"leaf": b64(o.leaf), "proof": [b64(h) for h in o.proof]}
+                   for i, o in sorted((opened or {}).items())},
+        "unanswered": unanswered,
+        "verdict": verdict.to_json_dict(),
+        "auditedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    try:
+        path.write_text(json.dumps(doc, indent=1))
+    except OSError as exc:
+        raise UsageError(f"cannot write the evidence file {path}: {exc.strerror}") from None
+
+
+def _recheck(args: argparse.Namespace) -> int:
+    """Re-run the recomputation an evidence file records, with our own model, and say whether the
+    node fails it. Leaves are accepted only with proofs to the node's signed root."""
+    from ..attestation.trajectory import leaf_hash, verify_inclusion
+    from ..protocol.errors import UsageError
+
+    try:
+        doc = json.loads(args.evidence.read_text())
+        if doc.get("format") != EVIDENCE_FORMAT:
+            raise ValueError(f"not a {EVIDENCE_FORMAT} file")
+        png = base64.b64decode(doc["image"], validate=True)
+        steps = [int(k) for k in doc["challengedSteps"]]
+        leaves = {int(i): (base64.b64decode(v["leaf"], validate=True),
+                           tuple(base64.b64decode(h, validate=True) for h in v["proof"]))
+                  for i, v in doc["leaves"].items()}
+        claimed = doc["verdict"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise UsageError(f"cannot read the evidence file {args.evidence}: {exc}") from None
+    record, image = _verified(png, f"the image in {args.evidence}")
+    if record.trajectory is None:
+        raise UsageError(f"the image in {args.evidence} has no step commitments")
+    if doc.get("unanswered"):
+        return _report(args, _unauditable(f"the evidence records that the node did not answer "
+                                          f"({doc['unanswered']}): that cannot be re-checked offline"))
+    root = bytes.fromhex(record.trajectory.root)
+    for i, (leaf, proof) in leaves.items():
+        if not verify_inclusion(i, record.trajectory.leaves, leaf_hash(leaf), proof, root):
+            print(f"the evidence does not hold: leaf {i} is not the node's (its proof does not lead to the "
+                  f"signed root)", file=sys.stderr)
+            return 0
+    model_problem = _model_problem(args.model, record)
+    if model_problem:
+        return _report(args, _unauditable(model_problem))
+    verdict = _recompute(args, record, image, leaves, steps)
+    if verdict.ok is False:
+        if claimed.get("verdict") != "fail":
+            print("note: the file itself did not claim a failure", file=sys.stderr)
+        print(f"the evidence holds: node {record.node} fails the re-check", file=sys.stderr)
+        return _report(args, verdict)
+    print(f"the evidence does not hold: re-computed here, node {record.node} "
+          f"{'passes' if verdict.ok else 'cannot be judged'} (the file claims: {claimed.get('detail')})",
+          file=sys.stderr)
+    return _report(args, verdict)
+
+
+# ---- output ----------------------------------------------------------------------------------
+
+
+def _remember(node: str, passed: bool, reason: str = "", evidence: Path | None = None) -> None:
+    from ..protocol.keyfile import data_dir
+    from ..requester.reputation import Reputation
+
+    state = data_dir()
+    reputation = Reputation.load(state)
+    if passed:
+        reputation.passed(node, time.time())
+    else:
+        reputation.failed(node, time.time(), "audit", reason, str(evidence.resolve()) if evidence else None)
+    try:
+        reputation.save(state)
+    except OSError as exc:
+        print(f"warning: could not record the outcome in {state}: {exc.strerror or exc}", file=sys.stderr)
+
+
+def _report(args: argparse.Namespace, verdict, evidence: Path | None = None) -> int:
+    if args.json:
+        out: dict[str, Any] = verdict.to_json_dict()
+        if evidence is not None:
+            out["evidence"] = str(evidence)
+        print(json.dumps(out, indent=2))
+    else:
+        print(verdict.describe())
+        if evidence is not None:
+            print(f"evidence: {evidence} (re-check: pointillist audit --evidence {evidence} --model PATH)")
+    return {True: 0, False: 1, None: EXIT_UNAUDITABLE}[verdict.ok]
