@@ -10,7 +10,7 @@ that imports them imports this one first.
 Reproducibility: the initial latent comes from a CPU ``torch.Generator`` seeded with the job's
 seed, so the starting noise is the same on every device; what the device then computes is
 bit-identical only for the same hardware, dtype, thread count and library versions (see
-docs/findings.md, "Determinism and verification"). ``generate`` calls the pipeline exactly as a
+docs/reproduce.md, and docs/decisions.md on aligned weights). ``generate`` calls the pipeline exactly as a
 direct diffusers call would, so a direct call with the same folder, seed and parameters gives the
 same pixels.
 """
