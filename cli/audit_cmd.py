@@ -72,47 +72,59 @@ def _verified(png: bytes, source: str):
 
 
 def _audit(args: argparse.Namespace) -> int:
+    verdict, evidence = audit_image(args.image, args.model, peer=args.peer, steps=args.steps,
+                                    evidence_out=args.evidence_out, device=args.device,
+                                    model_config=args.model_config)
+    return _report(args, verdict, evidence)
+
+
+def audit_image(image_path: Path, model: Path, *, peer: str | None = None, steps: int = 2,
+                evidence_out: Path | None = None, device: str = "cpu", model_config: Path | None = None):
+    """Audit the image at ``image_path`` (see the module docstring): ``(verdict, evidence file or
+    None)``. Records the outcome in the reputation; ``UsageError`` for what the user must fix.
+    Also called by ``submit --audit-share``."""
     from ..node.audit_check import AuditError, choose_steps, leaves_needed
     from ..protocol.errors import UsageError
 
     try:
-        png = args.image.read_bytes()
+        png = image_path.read_bytes()
     except OSError as exc:
-        raise UsageError(f"cannot read {args.image}: {exc.strerror}") from None
-    record, image = _verified(png, str(args.image))
+        raise UsageError(f"cannot read {image_path}: {exc.strerror}") from None
+    record, image = _verified(png, str(image_path))
     if record.trajectory is None:
-        return _report(args, _unauditable("the attestation has no step commitments (made before version 3)"))
-    model_problem = _model_problem(args.model, record)
+        return _unauditable("the attestation has no step commitments (made before version 3)"), None
+    model_problem = _model_problem(model, record)
     if model_problem:
-        return _report(args, _unauditable(model_problem))
-    address = args.peer or _journal_address(record.job_id)
+        return _unauditable(model_problem), None
+    address = peer or _journal_address(record.job_id)
     if address is None:
         raise UsageError(f"job {record.job_id} is not in your journal of jobs: give --peer <the node's address>")
 
-    steps = choose_steps(record.trajectory.steps, args.steps)  # after the commitment: unpredictable
+    challenged = choose_steps(record.trajectory.steps, steps)  # after the commitment: unpredictable
     try:
-        indices = leaves_needed(record, steps)
+        indices = leaves_needed(record, challenged)
     except AuditError as exc:
-        return _report(args, _unauditable(str(exc)))
+        return _unauditable(str(exc)), None
     opened, unanswered = _open(address, record, indices)
     if unanswered is not None:
         age = time.time() - _unix(record.created_at)
         from ..protocol.audit import MIN_CHALLENGE_WINDOW_S
 
         if age > MIN_CHALLENGE_WINDOW_S:
-            return _report(args, _unauditable(f"{unanswered} (the image is {age / 3600:.1f} h old, past the "
-                                               f"{MIN_CHALLENGE_WINDOW_S // 3600} h challenge window)"))
-        verdict = _no_answer(unanswered, steps)
+            return _unauditable(f"{unanswered} (the image is {age / 3600:.1f} h old, past the "
+                                f"{MIN_CHALLENGE_WINDOW_S // 3600} h challenge window)"), None
+        verdict = _no_answer(unanswered, challenged)
     else:
-        verdict = _recompute(args, record, image, {i: (o.leaf, o.proof) for i, o in opened.items()}, steps)
+        verdict = _recompute(model, device, model_config, record, image,
+                             {i: (o.leaf, o.proof) for i, o in opened.items()}, challenged)
     if verdict.ok is False:
-        evidence = args.evidence_out or args.image.with_name(args.image.name + ".audit-evidence.json")
-        _write_evidence(evidence, png, record, steps, opened, verdict, unanswered)
+        evidence = evidence_out or image_path.with_name(image_path.name + ".audit-evidence.json")
+        _write_evidence(evidence, png, record, challenged, opened, verdict, unanswered)
         _remember(record.node, False, verdict.detail, evidence)
-        return _report(args, verdict, evidence)
+        return verdict, evidence
     if verdict.ok:
         _remember(record.node, True)
-    return _report(args, verdict)
+    return verdict, None
 
 
 def _model_problem(model: Path, record) -> str | None:
@@ -160,7 +172,11 @@ def _open(address: str, record, indices: list[int]):
     return outcome
 
 
-def _recompute(args: argparse.Namespace, record, image, opened: dict, steps: list[int]):
+_loaded: dict[tuple, Any] = {}  # (path, device, dtype, config) -> LoadedModel: submit audits several images
+
+
+def _recompute(model_path: Path, device: str, model_config: Path | None, record, image, opened: dict,
+               steps: list[int]):
     import torch
 
     from ..node.audit_check import audit
@@ -169,12 +185,13 @@ def _recompute(args: argparse.Namespace, record, image, opened: dict, steps: lis
     from ..protocol.errors import ModelError
 
     torch.set_num_threads(run_threads(record.torch_threads))  # as the node, where this machine can
+    key = (str(model_path), device, run_dtype(record.dtype, device), model_config)
     try:
-        model = load_model(args.model, device=args.device, dtype=run_dtype(record.dtype, args.device),
-                           config=args.model_config)
+        if key not in _loaded:
+            _loaded[key] = load_model(model_path, device=device, dtype=key[2], config=model_config)
     except ModelError as exc:
         return _unauditable(f"cannot load the model: {exc}")
-    return audit(model, record, image, opened, steps)
+    return audit(_loaded[key], record, image, opened, steps)
 
 
 def _unauditable(why: str):
@@ -255,7 +272,7 @@ def _recheck(args: argparse.Namespace) -> int:
     model_problem = _model_problem(args.model, record)
     if model_problem:
         return _report(args, _unauditable(model_problem))
-    verdict = _recompute(args, record, image, leaves, steps)
+    verdict = _recompute(args.model, args.device, args.model_config, record, image, leaves, steps)
     if verdict.ok is False:
         if claimed.get("verdict") != "fail":
             print("note: the file itself did not claim a failure", file=sys.stderr)

@@ -7,6 +7,8 @@ best node serving the model is chosen for each job, falling back to the next if 
 A job is never lost from sight: its id is printed the moment a node accepts it (and recorded in
 the requester's journal), ``--out`` is checked to be writable before anything is sent, and
 Ctrl-C says how to fetch what was accepted. Nothing is written unless it verifies.
+``--audit-share`` audits that share of the written images at once (``audit_cmd.audit_image``,
+with ``--audit-model``): a spot check whose cost is paid on a sample, not on every job.
 """
 
 from __future__ import annotations
@@ -52,6 +54,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true",
                    help="JSON lines on stdout: one 'accepted' event per job as it happens, then one result each")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--audit-share", type=_share, default=0.0, metavar="FRACTION",
+                   help="audit this share of the images (0..1) right after they are written, with "
+                        "--audit-model: `pointillist audit` on each one drawn (docs/audit.md)")
+    p.add_argument("--audit-model", type=Path, metavar="PATH", help="the model to audit with (the job's model)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -80,6 +86,10 @@ def run(args: argparse.Namespace) -> int:
         check_writable(out, overwrite=args.force)  # before anything is sent, not after the GPU work
     if args.out is None:
         check_writable(Path("pointillist-check.png"), overwrite=True)
+    if args.audit_share > 0 and args.audit_model is None:
+        from ..protocol.errors import UsageError
+
+        raise UsageError("--audit-share needs --audit-model PATH: the model to recompute the steps with")
     identity, _ = load_or_create_identity(args.key or default_key_path())
     for spec in specs:
         spec.request_for(identity.peer_id, int(time.time()))  # bad settings fail before the network
@@ -97,9 +107,35 @@ def run(args: argparse.Namespace) -> int:
         out = outs[i] if outs else Path(f"pointillist-{result.request.job_id[:12]}.png")
         write_new(out, result.png, overwrite=args.force or not outs)
         view.done(i, result, out)
+        if args.audit_share > 0 and secrets.SystemRandom().random() < args.audit_share:
+            failures += _spot_check(out, result.node.addr, args.audit_model, view, i)
     if failures and len(results) == 1 and not args.json:
         raise results[0]
     return 1 if failures else 0
+
+
+def _spot_check(out: Path, node_addr: str, model: Path, view, i: int) -> int:
+    """Audit one written image (``audit_cmd.audit_image``); 1 if the node failed, else 0."""
+    from .audit_cmd import audit_image
+
+    verdict, evidence = audit_image(out, model, peer=node_addr)
+    if view.as_json:
+        print(json.dumps({"event": "audit", "index": i, "out": str(out), "verdict": verdict.verdict,
+                          "detail": verdict.detail, **({"evidence": str(evidence)} if evidence else {})}), flush=True)
+    else:
+        print(f"audit of {out}: {verdict.detail}" + (f" (evidence: {evidence})" if evidence else ""),
+              file=sys.stderr)
+    return 1 if verdict.ok is False else 0
+
+
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a share between 0 and 1")
+    return value
 
 
 async def _submit_all(requester, peer, specs, view):

@@ -28,6 +28,17 @@ def audit(args: list[str], home):
     return run_cli(["audit", *args, "--model", str(TINY), "--json"], home)
 
 
+def test_submit_spot_checks_its_share_of_an_honest_nodes_images(shared_node, tmp_path):
+    r = run_cli(["submit", "a fox", "a hen", "--peer", shared_node.addr, *JOB, "--out", str(tmp_path / "x.png"),
+                 "--audit-share", "1", "--audit-model", str(TINY), "--json"], tmp_path / "requester")
+    assert r.returncode == 0, r.stderr
+    audits = [e for e in map(json.loads, r.stdout.splitlines()) if e["event"] == "audit"]
+    assert [a["verdict"] for a in audits] == ["pass", "pass"], audits
+    none = run_cli(["submit", "a fox", "--peer", shared_node.addr, *JOB, "--out", str(tmp_path / "y.png"),
+                    "--audit-share", "0", "--json"], tmp_path / "requester")
+    assert none.returncode == 0 and '"audit"' not in none.stdout, none.stdout + none.stderr
+
+
 def test_an_honest_nodes_image_passes_and_the_node_is_remembered_as_passed(shared_node, tmp_path):
     home = tmp_path / "requester"
     submit(shared_node, tmp_path / "fox.png", home)
@@ -50,8 +61,12 @@ def test_a_node_running_other_weights_verifies_but_fails_the_audit(tmp_path):
         # Every check of the attestation passes: the node signed honest parameters.
         assert run_cli(["verify", str(image)], home).returncode == 0
         result = audit([str(image), "--peer", node.addr], home)
+        # A requester that spot-checks every image catches it at once (a named --peer is obeyed).
+        spot = run_cli(["submit", "a harbour", "--peer", node.addr, *JOB, "--out", str(tmp_path / "spot.png"),
+                        "--audit-share", "1", "--audit-model", str(TINY)], home)
     finally:
         node.stop()
+    assert spot.returncode == 1 and f"audit of {tmp_path / 'spot.png'}: fail: unet step 1" in spot.stderr, spot.stderr
     assert result.returncode == 1, result.stdout + result.stderr
     verdict = json.loads(result.stdout)
     failed = next(c for c in verdict["checks"] if c["status"] == "fail")
@@ -106,4 +121,9 @@ def test_misuse_is_one_line(tmp_path):
                           ([str(tmp_path / "none.png"), "--model", str(TINY)], "cannot read"),
                           ([str(tmp_path / "x.png"), "--model", str(TINY), "--steps", "99"], "--steps takes 0 to 62")):
         r = run_cli(["audit", *args], tmp_path)
+        assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+    for extra, message in ((["--audit-share", "0.5"], "--audit-share needs --audit-model"),
+                           (["--audit-share", "2", "--audit-model", str(TINY)], "not a share between 0 and 1")):
+        nowhere = "/ip4/127.0.0.1/tcp/9/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN"
+        r = run_cli(["submit", "a fox", "--peer", nowhere, *extra], tmp_path)  # refused before any dial
         assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
