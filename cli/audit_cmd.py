@@ -99,6 +99,10 @@ def audit_image(image_path: Path, model: Path, *, peer: str | None = None, steps
     address = peer or _journal_address(record.job_id)
     if address is None:
         raise UsageError(f"job {record.job_id} is not in your journal of jobs: give --peer <the node's address>")
+    from ..network.host import parse_peer_addr
+
+    if str(parse_peer_addr(address).peer_id) != record.node:  # only the signer's silence counts against it
+        raise UsageError(f"{address} is not the node that signed the image ({record.node})")
 
     challenged = choose_steps(record.trajectory.steps, steps)  # after the commitment: unpredictable
     try:

@@ -127,3 +127,34 @@ def test_misuse_is_one_line(tmp_path):
         nowhere = "/ip4/127.0.0.1/tcp/9/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN"
         r = run_cli(["submit", "a fox", "--peer", nowhere, *extra], tmp_path)  # refused before any dial
         assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_a_signing_node_that_no_longer_opens_its_leaves_fails_within_the_window(tmp_path):
+    """The node that signed the image comes back without its commitments (a new data directory,
+    the same key): inside the challenge window its refusal is a failed audit."""
+    from pointillist.protocol.identity import Identity
+    from pointillist.protocol.keyfile import KEY_FILE_NAME, encode_private_key
+
+    key = encode_private_key(Identity.generate())
+    homes = [tmp_path / "before", tmp_path / "after"]
+    for home in homes:
+        home.mkdir()
+        (home / KEY_FILE_NAME).write_bytes(key)
+    requester = tmp_path / "requester"
+    node = NodeHandle(homes[0], []).wait_ready()
+    try:
+        submit(node, tmp_path / "fox.png", requester)
+    finally:
+        node.stop()
+    node = NodeHandle(homes[1], []).wait_ready()
+    try:
+        result = audit([str(tmp_path / "fox.png"), "--peer", node.addr], requester)
+        elsewhere = run_cli(["audit", str(tmp_path / "fox.png"), "--model", str(TINY), "--peer",
+                             node.addr.replace(node.peer_id, "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN")],
+                            requester)
+    finally:
+        node.stop()
+    assert result.returncode == 1, result.stdout + result.stderr
+    verdict = json.loads(result.stdout)
+    assert verdict["checks"][0]["check"] == "answer" and "(not-found)" in verdict["detail"], verdict
+    assert elsewhere.returncode == 2 and "is not the node that signed the image" in elsewhere.stderr
