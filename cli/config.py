@@ -14,6 +14,10 @@
     metrics = "127.0.0.1:9464"     # Prometheus metrics endpoint (off when absent)
     log_format = "json"            # event lines without a terminal: "text" (default) or "json"
 
+    [audit]                        # what submit spot-checks (docs/audit.md)
+    share = 0.1                    # audit this share of the images submit writes (default 0)
+    model = "/models/stable-diffusion-v1-5"   # the model to recompute with
+
 Unknown keys are an error (a typo should not be silently ignored).
 """
 
@@ -26,7 +30,8 @@ from pathlib import Path
 from ..protocol.errors import UsageError
 from ..protocol.keyfile import config_dir
 
-_TOP = {"bootstrap", "node"}
+_TOP = {"bootstrap", "node", "audit"}
+_AUDIT = {"share", "model"}
 _NODE = {"listen", "models", "model_config", "models_dir", "models_on_device", "models_ram_mb", "device", "dtype",
          "metrics", "log_format"}
 LOG_FORMATS = ("text", "json")
@@ -45,6 +50,8 @@ class Config:
     dtype: str | None = None
     metrics: str | None = None
     log_format: str | None = None
+    audit_share: float = 0.0
+    audit_model: Path | None = None
 
 
 def config_path() -> Path:
@@ -66,6 +73,10 @@ def load_config(path: Path | None = None) -> Config:
     if not isinstance(node, dict):
         raise UsageError(f"{path}: [node] must be a table")
     unknown |= {f"node.{k}" for k in set(node) - _NODE}
+    audit = raw.get("audit", {})
+    if not isinstance(audit, dict):
+        raise UsageError(f"{path}: [audit] must be a table")
+    unknown |= {f"audit.{k}" for k in set(audit) - _AUDIT}
     if unknown:
         raise UsageError(f"{path}: unknown setting(s) {', '.join(sorted(unknown))}")
     for key in ("models_on_device", "models_ram_mb"):
@@ -76,6 +87,11 @@ def load_config(path: Path | None = None) -> Config:
     for key in ("model_config", "models_dir", "device", "dtype", "metrics", "log_format"):
         if key in node and not isinstance(node[key], str):
             raise UsageError(f"{path}: node.{key} must be a string")
+    share = audit.get("share", 0.0)
+    if type(share) not in (int, float) or not 0 <= share <= 1:
+        raise UsageError(f"{path}: audit.share must be a number from 0 to 1")
+    if "model" in audit and not isinstance(audit["model"], str):
+        raise UsageError(f"{path}: audit.model must be a string")
     if node.get("log_format", "text") not in LOG_FORMATS:
         raise UsageError(f"{path}: node.log_format must be one of {', '.join(LOG_FORMATS)}")
     return Config(
@@ -90,6 +106,8 @@ def load_config(path: Path | None = None) -> Config:
         dtype=node.get("dtype"),
         metrics=node.get("metrics"),
         log_format=node.get("log_format"),
+        audit_share=float(share),
+        audit_model=Path(audit["model"]).expanduser() if "model" in audit else None,
     )
 
 

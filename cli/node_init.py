@@ -83,6 +83,14 @@ CONFIG_TEXT = """\
 # Without a terminal (a service, a pipe), the node writes one line per event on stderr:
 # "text" for people, "json" (JSON lines) for log collectors. Default: text.
 # log_format = "json"
+
+[audit]
+# Share of the images `pointillist submit` writes that it audits at once, 0 to 1: it recomputes
+# a few of their committed steps with `model` (docs/audit.md). Default: 0 (no spot checks).
+# share = 0.1
+
+# The model to recompute with: the jobs' model, as a diffusers folder or single-file checkpoint.
+# model = "/models/stable-diffusion-v1-5"
 """
 
 

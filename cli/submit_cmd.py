@@ -54,10 +54,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true",
                    help="JSON lines on stdout: one 'accepted' event per job as it happens, then one result each")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--audit-share", type=_share, default=0.0, metavar="FRACTION",
+    p.add_argument("--audit-share", type=_share, metavar="FRACTION",
                    help="audit this share of the images (0..1) right after they are written, with "
-                        "--audit-model: `pointillist audit` on each one drawn (docs/audit.md)")
-    p.add_argument("--audit-model", type=Path, metavar="PATH", help="the model to audit with (the job's model)")
+                        "--audit-model: `pointillist audit` on each one drawn (default: [audit] share in "
+                        "config.toml, else 0)")
+    p.add_argument("--audit-model", type=Path, metavar="PATH",
+                   help="the model to audit with, the jobs' model (default: [audit] model in config.toml)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -70,7 +72,10 @@ def run(args: argparse.Namespace) -> int:
     from .interrupt import run_trio
     from .output import check_writable, write_new
 
-    bootstrap = args.bootstrap or load_config().bootstrap
+    config = load_config()
+    bootstrap = args.bootstrap or config.bootstrap
+    args.audit_share = config.audit_share if args.audit_share is None else args.audit_share
+    args.audit_model = args.audit_model or config.audit_model
     _check_addresses(args.peer, bootstrap)
     width, height = args.size
     first_seed = secrets.randbits(63) if args.seed is None else args.seed
@@ -89,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
     if args.audit_share > 0 and args.audit_model is None:
         from ..protocol.errors import UsageError
 
-        raise UsageError("--audit-share needs --audit-model PATH: the model to recompute the steps with")
+        raise UsageError("--audit-share needs --audit-model PATH (or [audit] model in config.toml): "
+                         "the model to recompute the steps with")
     identity, _ = load_or_create_identity(args.key or default_key_path())
     for spec in specs:
         spec.request_for(identity.peer_id, int(time.time()))  # bad settings fail before the network

@@ -34,6 +34,11 @@ def test_submit_spot_checks_its_share_of_an_honest_nodes_images(shared_node, tmp
     assert r.returncode == 0, r.stderr
     audits = [e for e in map(json.loads, r.stdout.splitlines()) if e["event"] == "audit"]
     assert [a["verdict"] for a in audits] == ["pass", "pass"], audits
+    # The share and model can live in config.toml; a flag still wins over it.
+    (tmp_path / "requester" / "config.toml").write_text(f'[audit]\nshare = 1\nmodel = "{TINY}"\n')
+    configured = run_cli(["submit", "a fox", "--peer", shared_node.addr, *JOB, "--out", str(tmp_path / "z.png"),
+                          "--json"], tmp_path / "requester")
+    assert configured.returncode == 0 and '"verdict": "pass"' in configured.stdout, configured.stdout
     none = run_cli(["submit", "a fox", "--peer", shared_node.addr, *JOB, "--out", str(tmp_path / "y.png"),
                     "--audit-share", "0", "--json"], tmp_path / "requester")
     assert none.returncode == 0 and '"audit"' not in none.stdout, none.stdout + none.stderr

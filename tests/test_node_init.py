@@ -42,3 +42,25 @@ def test_init_refuses_to_overwrite_without_force(tmp_path, capsys):
     assert (tmp_path / "policy.toml").read_text() == "# mine\n" and not (tmp_path / "config.toml").exists()
     assert main(["node", "init", "--dir", str(tmp_path), "--force"]) == 0
     assert load_policy(tmp_path / "policy.toml") == Policy()
+
+
+def test_the_audit_section_uncommented_is_read_and_bad_values_are_one_line(tmp_path):
+    import pytest
+
+    from pointillist.protocol.errors import UsageError
+
+    main(["node", "init", "--dir", str(tmp_path)])
+    config = tmp_path / "config.toml"
+    text = config.read_text()
+    config.write_text(text.replace("# share = 0.1", "share = 0.1").replace(
+        '# model = "/models/stable-diffusion-v1-5"', 'model = "/models/stable-diffusion-v1-5"'))
+    loaded = load_config(config)
+    assert (loaded.audit_share, str(loaded.audit_model)) == (0.1, "/models/stable-diffusion-v1-5")
+    for body, message in (("[audit]\nshare = 2\n", "audit.share must be a number from 0 to 1"),
+                          ("[audit]\nshare = true\n", "audit.share must be a number from 0 to 1"),
+                          ("[audit]\nmodel = 3\n", "audit.model must be a string"),
+                          ("[audit]\nshares = 1\n", "unknown setting(s) audit.shares"),
+                          ("audit = 1\n", "[audit] must be a table")):
+        config.write_text(body)
+        with pytest.raises(UsageError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+            load_config(config)
