@@ -53,8 +53,10 @@ _CLIP_MERGES = 49152 - 256 - 2  # 48,894 merges; the vocabulary is then 49,408 t
 _TOKENIZER_FOLDERS = ("tokenizer", "tokenizer_2")
 
 
-def _bytes_to_unicode() -> list[str]:
-    """GPT-2 / CLIP's reversible byte-to-printable-character map, in byte-value order of the table."""
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2 / CLIP's reversible map from the 256 byte values to printable characters, in the
+    table's order (the first 256 tokens of CLIP's vocabulary; node/models/build_tiny_model.py's
+    tokenizer uses it too)."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     cs = bs[:]
     n = 0
@@ -63,7 +65,7 @@ def _bytes_to_unicode() -> list[str]:
             bs.append(b)
             cs.append(256 + n)
             n += 1
-    return [chr(c) for c in cs]
+    return dict(zip(bs, (chr(c) for c in cs)))
 
 
 @functools.lru_cache(maxsize=1)
@@ -76,7 +78,7 @@ def clip_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
     except (OSError, EOFError, UnicodeDecodeError) as exc:
         raise ModelError(f"cannot read the shipped CLIP vocabulary {path}: {one_line(exc)}") from exc
     merges = [tuple(line.split()) for line in lines[1 : _CLIP_MERGES + 1]]
-    chars = _bytes_to_unicode()
+    chars = list(bytes_to_unicode().values())
     tokens = chars + [c + "</w>" for c in chars] + ["".join(m) for m in merges]
     tokens += ["<|startoftext|>", "<|endoftext|>"]
     return {token: index for index, token in enumerate(tokens)}, merges

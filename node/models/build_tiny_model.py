@@ -89,26 +89,11 @@ def _quiet() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2 / CLIP's reversible map from the 256 byte values to printable unicode characters."""
-    bs = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, (chr(c) for c in cs)))
-
-
 def write_tokenizer(folder: Path) -> int:
     """Write a byte-level CLIP BPE tokenizer (vocab, empty merges, config). Returns vocab size."""
     folder.mkdir(parents=True, exist_ok=True)
+    from pointillist.node.loading import bytes_to_unicode  # the map the node's shipped vocabulary uses
+
     chars = list(bytes_to_unicode().values())
     tokens = chars + [c + "</w>" for c in chars] + [BOS, EOS]
     vocab = {token: index for index, token in enumerate(tokens)}
