@@ -276,3 +276,15 @@ def _check(name: str, ok: bool | None, detail: str) -> Check:
     # Details quote attacker-controlled text (model names, keyids): no newlines, no escape codes.
     safe = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in detail)
     return Check(name, ok, safe)
+
+
+def verified_generation(png_bytes: bytes) -> tuple[Statement, Envelope, Image.Image]:
+    """The statement, its envelope and the RGB8 pixels of a PNG that verifies, for code that acts
+    on an image (audits); ``VerificationError`` naming the first failed check otherwise."""
+    report = verify_image(png_bytes)
+    if not report.ok or report.statement is None:
+        failed = next((c for c in report.checks if c.ok is False), None)
+        raise VerificationError(f"{failed.name}: {failed.detail}" if failed else "the image does not verify")
+    contents = read_png(png_bytes)
+    assert contents.attestation is not None and contents.image is not None  # the checks above passed
+    return report.statement, Envelope.from_json(contents.attestation), contents.image

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import hashlib
 import json
 import sys
 import time
@@ -29,8 +30,15 @@ EXIT_UNAUDITABLE = 3
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("image", type=Path, nargs="?", help="PNG written by pointillist (attestation version 3)")
-    p.add_argument("--model", type=Path, required=True, metavar="PATH",
-                   help="the attested model: a diffusers folder or a single-file checkpoint")
+    p.add_argument("--model", type=Path, metavar="PATH",
+                   help="recompute here with the attested model: a diffusers folder or a single-file checkpoint "
+                        "(without it, another node serving the model recomputes: --auditor, or one found "
+                        "through --bootstrap / config.toml)")
+    p.add_argument("--auditor", metavar="MULTIADDR",
+                   help="the node to recompute the steps, instead of --model (default: a node found through "
+                        "the bootstrap peers that serves the attested model, not the one that signed)")
+    p.add_argument("--bootstrap", action="append", default=[], metavar="MULTIADDR",
+                   help="peers to find an auditor through (repeatable; default: bootstrap in config.toml)")
     p.add_argument("--model-config", type=Path, metavar="DIR|FAMILY", help="config for a single-file checkpoint")
     p.add_argument("--peer", metavar="MULTIADDR", help="the node's address (default: from your journal of jobs)")
     p.add_argument("--steps", type=int, default=2, metavar="K",
@@ -49,7 +57,11 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("give an IMAGE to audit, or --evidence FILE to re-check")
     if not 0 <= args.steps <= 62:
         raise UsageError("--steps takes 0 to 62")
+    if args.model is not None and args.auditor is not None:
+        raise UsageError("give --model PATH to recompute here, or --auditor MULTIADDR for another node to; not both")
     if args.evidence is not None:
+        if args.model is None:
+            raise UsageError("re-checking evidence needs --model PATH: the point is to recompute it yourself")
         return _recheck(args)
     return _audit(args)
 
@@ -58,44 +70,53 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _verified(png: bytes, source: str):
-    """The verified statement's record and the image's pixels; ``UsageError`` if it does not verify."""
-    from ..attestation.png import read_png
-    from ..attestation.verify import verify_image
-    from ..protocol.errors import UsageError
+    """The verified statement, its envelope and the image's pixels; ``UsageError`` if it does not
+    verify."""
+    from ..attestation.verify import verified_generation
+    from ..protocol.errors import UsageError, VerificationError
 
-    report = verify_image(png)
-    if not report.ok or report.statement is None:
-        failed = next((c for c in report.checks if c.ok is False), None)
-        raise UsageError(f"{source} does not verify ({failed.name}: {failed.detail}); run `pointillist verify`"
-                         if failed else f"{source} does not verify")
-    return report.statement.record, read_png(png).image
+    try:
+        return verified_generation(png)
+    except VerificationError as exc:
+        raise UsageError(f"{source} does not verify ({exc}); run `pointillist verify`") from None
 
 
 def _audit(args: argparse.Namespace) -> int:
+    from .config import load_config
+
     verdict, evidence = audit_image(args.image, args.model, peer=args.peer, steps=args.steps,
                                     evidence_out=args.evidence_out, device=args.device,
-                                    model_config=args.model_config)
+                                    model_config=args.model_config, auditor=args.auditor,
+                                    bootstrap=args.bootstrap or load_config().bootstrap)
     return _report(args, verdict, evidence)
 
 
-def audit_image(image_path: Path, model: Path, *, peer: str | None = None, steps: int = 2,
-                evidence_out: Path | None = None, device: str = "cpu", model_config: Path | None = None):
+def audit_image(image_path: Path, model: Path | None, *, peer: str | None = None, steps: int = 2,
+                evidence_out: Path | None = None, device: str = "cpu", model_config: Path | None = None,
+                auditor: str | None = None, bootstrap: list[str] = ()):
     """Audit the image at ``image_path`` (see the module docstring): ``(verdict, evidence file or
-    None)``. Records the outcome in the reputation; ``UsageError`` for what the user must fix.
+    None)``. With ``model`` the steps are recomputed here; without, by ``auditor`` or by a node
+    found through ``bootstrap`` that serves the attested model (a remote audit: its signed
+    verdict). Records the outcome in the reputation; ``UsageError`` for what the user must fix.
     Also called by ``submit --audit-share``."""
-    from ..node.audit_check import AuditError, choose_steps, leaves_needed
+    from ..node.audit_plan import AuditError, choose_steps, leaves_needed
     from ..protocol.errors import UsageError
 
     try:
         png = image_path.read_bytes()
     except OSError as exc:
         raise UsageError(f"cannot read {image_path}: {exc.strerror}") from None
-    record, image = _verified(png, str(image_path))
+    statement, envelope, image = _verified(png, str(image_path))
+    record = statement.record
     if record.trajectory is None:
         return _unauditable("the attestation has no step commitments (made before version 3)"), None
-    model_problem = _model_problem(model, record)
-    if model_problem:
-        return _unauditable(model_problem), None
+    if model is not None:
+        model_problem = _model_problem(model, record)
+        if model_problem:
+            return _unauditable(model_problem), None
+    elif auditor is None and not bootstrap:
+        raise UsageError("give --model PATH to recompute the steps here, or --auditor MULTIADDR (or bootstrap "
+                         "peers: --bootstrap / config.toml) for a node serving the model to recompute them")
     address = peer or _journal_address(record.job_id)
     if address is None:
         raise UsageError(f"job {record.job_id} is not in your journal of jobs: give --peer <the node's address>")
@@ -109,7 +130,15 @@ def audit_image(image_path: Path, model: Path, *, peer: str | None = None, steps
         indices = leaves_needed(record, challenged)
     except AuditError as exc:
         return _unauditable(str(exc)), None
-    opened, unanswered = _open(address, record, indices)
+    remote = None
+    if model is None:
+        from ..requester.audit_job_client import Audited
+
+        audited = Audited(png, hashlib.sha256(envelope.payload).hexdigest(), statement.subject.sha256,
+                          record.trajectory.root, record.model_digest, record.node)
+        opened, unanswered, remote = _open(address, record, indices, audited, challenged, auditor, bootstrap)
+    else:
+        opened, unanswered, _ = _open(address, record, indices)
     if unanswered is not None:
         age = time.time() - _unix(record.created_at)
         from ..protocol.audit import MIN_CHALLENGE_WINDOW_S
@@ -118,12 +147,17 @@ def audit_image(image_path: Path, model: Path, *, peer: str | None = None, steps
             return _unauditable(f"{unanswered} (the image is {age / 3600:.1f} h old, past the "
                                 f"{MIN_CHALLENGE_WINDOW_S // 3600} h challenge window)"), None
         verdict = _no_answer(unanswered, challenged)
+    elif remote is not None:
+        from ..node.audit_result import AuditVerdict
+
+        verdict = AuditVerdict.from_signed(remote.record, remote.envelope)
     else:
         verdict = _recompute(model, device, model_config, record, image,
                              {i: (o.leaf, o.proof) for i, o in opened.items()}, challenged)
     if verdict.ok is False:
         evidence = evidence_out or image_path.with_name(image_path.name + ".audit-evidence.json")
-        _write_evidence(evidence, png, record, challenged, opened, verdict, unanswered)
+        _write_evidence(evidence, png, record, challenged, opened, verdict, unanswered,
+                        remote.envelope if remote is not None else None)
         _remember(record.node, False, verdict.detail, evidence)
         return verdict, evidence
     if verdict.ok:
@@ -152,28 +186,88 @@ def _journal_address(job_id: str) -> str | None:
     return entry.addr if entry is not None else None
 
 
-def _open(address: str, record, indices: list[int]):
-    """``(opened leaves, None)`` or ``(None, why the node did not answer)``."""
-    from ..network.host import running_host
+def _open(address: str, record, indices: list[int], audited=None, challenged: list[int] = (),
+          auditor: str | None = None, bootstrap: list[str] = ()):
+    """Ask the signing node for the leaves: ``(opened, None, remote)`` or ``(None, why it did not
+    answer, None)``. With ``audited`` (a remote audit), then hand them to an auditor (``auditor``,
+    or up to three found through ``bootstrap``): ``remote`` is its checked, signed verdict."""
     from ..protocol.errors import TransportError, UsageError
-    from ..protocol.identity import Identity
     from ..requester.audit_client import Unanswered, open_leaves
     from .interrupt import run_trio
 
-    async def ask():
-        async with running_host(Identity.generate()) as host:
-            try:  # returned, not raised: the host's nursery would wrap them in a group
-                return (await open_leaves(host, address, record.job_id, record.trajectory, indices)).leaves, None
-            except Unanswered as exc:
-                return None, str(exc)
-            except TransportError as exc:
-                return exc, None
+    async def ask(host, auditors):
+        try:
+            opened = (await open_leaves(host, address, record.job_id, record.trajectory, indices)).leaves
+        except Unanswered as exc:
+            return None, str(exc), None
+        if audited is None:
+            return opened, None, None
+        return opened, None, await _remote_verdict(host, await auditors(), audited, challenged, opened)
 
-    outcome = run_trio(ask, interrupted=lambda: "audit interrupted")
+    async def run():  # errors are returned, not raised: the host's nursery would wrap them in a group
+        try:
+            if audited is None or auditor is not None:
+                from ..network.host import running_host
+
+                async def given():
+                    return [auditor] if auditor else []
+
+                async with running_host(_identity()) as host:
+                    return await ask(host, given)
+            from ..network.host import DEFAULT_LISTEN
+            from ..network.overlay import open_network
+            from ..requester.discovery import Discovery
+
+            async with open_network(_identity(), [DEFAULT_LISTEN], serve_dht=False) as net:
+                discovery = Discovery(net, list(bootstrap))
+                return await ask(net.host, lambda: _find_auditors(discovery, record, len(challenged)))
+        except (TransportError, UsageError) as exc:
+            return exc, None, None
+
+    outcome = run_trio(run, interrupted=lambda: "audit interrupted")
+    if isinstance(outcome[0], UsageError):
+        raise outcome[0]
     if isinstance(outcome[0], TransportError):
         # Unreachable is not a refusal: a home GPU may be off. Try again later.
         raise UsageError(f"cannot reach the node at {address}: {outcome[0]}; try again while it is online")
     return outcome
+
+
+def _identity():
+    from ..protocol.keyfile import default_key_path, load_or_create_identity
+
+    return load_or_create_identity(default_key_path())[0]  # audit jobs are signed as the requester's
+
+
+async def _find_auditors(discovery, record, steps: int) -> list[str]:
+    """Up to three nodes serving the attested model, not the signer, not distrusted, best first."""
+    from ..protocol.keyfile import data_dir
+    from ..requester.reputation import Reputation
+
+    await discovery.join(30.0)
+    await discovery.wait_for_model(record.model_digest)
+    distrusted = Reputation.load(data_dir()).distrusted()
+    ranked = await discovery.candidates(record.model_digest, steps, record.settings.width, record.settings.height,
+                                        distrusted=distrusted)
+    return [c.address.addr for c in ranked if c.peer_id != record.node and c.address is not None][:3]
+
+
+async def _remote_verdict(host, auditors: list[str], audited, challenged: list[int], opened: dict):
+    """The first valid verdict of ``auditors``; ``UsageError`` listing why none gave one."""
+    from ..protocol.errors import UsageError
+    from ..requester.audit_job_client import AuditorFailed, remote_audit
+
+    if not auditors:
+        raise UsageError(f"no node other than the signer serves model {audited.model_digest[:12]}: "
+                         f"audit with --model PATH, or name one with --auditor")
+    problems = []
+    for addr in auditors:
+        try:
+            return await remote_audit(host, _identity(), addr, audited, list(challenged),
+                                      [opened[i] for i in sorted(opened)])
+        except AuditorFailed as exc:
+            problems.append(f"{addr}: {exc}")
+    raise UsageError("no auditor gave a verdict: " + "; ".join(problems))
 
 
 _loaded: dict[tuple, Any] = {}  # (path, device, dtype, config) -> LoadedModel: submit audits several images
@@ -199,13 +293,13 @@ def _recompute(model_path: Path, device: str, model_config: Path | None, record,
 
 
 def _unauditable(why: str):
-    from ..node.audit_check import UNAUDITABLE, AuditVerdict
+    from ..node.audit_result import UNAUDITABLE, AuditVerdict
 
     return AuditVerdict(UNAUDITABLE, f"unauditable: {why}", ())
 
 
 def _no_answer(why: str, steps: list[int]):
-    from ..node.audit_check import FAIL, AuditVerdict, Check
+    from ..node.audit_result import FAIL, AuditVerdict, Check
 
     return AuditVerdict(FAIL, f"fail: the node did not open the challenged leaves: {why}",
                         (Check("answer", FAIL, why),), tuple(steps))
@@ -220,7 +314,8 @@ def _unix(created_at: str) -> float:
 # ---- evidence --------------------------------------------------------------------------------
 
 
-def _write_evidence(path: Path, png: bytes, record, steps, opened, verdict, unanswered: str | None) -> None:
+def _write_evidence(path: Path, png: bytes, record, steps, opened, verdict, unanswered: str | None,
+                    auditor_verdict=None) -> None:
     from ..protocol.errors import UsageError
 
     b64 = lambda data: base64.b64encode(data).decode("ascii")  # noqa: E731
@@ -235,6 +330,8 @@ def _write_evidence(path: Path, png: bytes, record, steps, opened, verdict, unan
                    for i, o in sorted((opened or {}).items())},
         "unanswered": unanswered,
         "verdict": verdict.to_json_dict(),
+        # A remote audit: the auditor's signed verdict (DSSE, predicate audit/v1), as it came.
+        "auditorVerdict": auditor_verdict.to_json_dict() if auditor_verdict is not None else None,
         "auditedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     try:
@@ -261,7 +358,10 @@ def _recheck(args: argparse.Namespace) -> int:
         claimed = doc["verdict"]
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise UsageError(f"cannot read the evidence file {args.evidence}: {exc}") from None
-    record, image = _verified(png, f"the image in {args.evidence}")
+    statement, _, image = _verified(png, f"the image in {args.evidence}")
+    record = statement.record
+    if doc.get("auditorVerdict"):
+        print(_auditor_line(doc["auditorVerdict"], statement), file=sys.stderr)
     if record.trajectory is None:
         raise UsageError(f"the image in {args.evidence} has no step commitments")
     if doc.get("unanswered"):
@@ -286,6 +386,21 @@ def _recheck(args: argparse.Namespace) -> int:
           f"{'passes' if verdict.ok else 'cannot be judged'} (the file claims: {claimed.get('detail')})",
           file=sys.stderr)
     return _report(args, verdict)
+
+
+def _auditor_line(verdict_json: Any, statement) -> str:
+    """What the evidence's remote auditor signed, once its signature and subject are checked."""
+    from ..attestation.audit_verdict import open_verdict
+    from ..protocol.dsse import Envelope
+    from ..protocol.errors import VerificationError
+
+    try:
+        record = open_verdict(Envelope.from_json_dict(verdict_json))
+    except VerificationError as exc:
+        return f"the evidence's auditor verdict does not verify ({exc}); ignored"
+    if record.subject.sha256 != statement.subject.sha256:
+        return "the evidence's auditor verdict is about other pixels; ignored"
+    return f"node {record.auditor} signed this verdict at {record.created_at}: {record.detail}"
 
 
 # ---- output ----------------------------------------------------------------------------------

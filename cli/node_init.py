@@ -1,7 +1,7 @@
 """``pointillist node init``: write a commented ``config.toml`` and ``policy.toml`` to edit.
 
 The policy file is generated from the dataclasses that read it (``NodeLimits``,
-``RequesterPolicy``, ``ResultPolicy``), so every key and default shown is the one the code uses;
+``RequesterPolicy``, ``ResultPolicy``, ``AuditPolicy``), so every key and default shown is the one the code uses;
 ``HELP`` must explain each (a test fails for a field without text). Both files, as written, load
 to exactly the defaults: every config key is commented out, every policy key is set to its default.
 """
@@ -12,7 +12,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from ..node.limits import NodeLimits
-from ..node.policy import RequesterPolicy, ResultPolicy
+from ..node.policy import AuditPolicy, RequesterPolicy, ResultPolicy
 from ..protocol.errors import UsageError
 
 #: What each policy key does, by section and field name.
@@ -38,8 +38,12 @@ HELP: dict[str, dict[str, str]] = {
         "keep_hours": "finished images stay fetchable by job id this long",
         "max_mb": "and within this much disk; the oldest go first",
     },
+    "audits": {
+        "serve": "recompute a few steps of other nodes' images for requesters' audit jobs (no GPU needed on their side)",
+    },
 }
-_SECTIONS = (("limits", NodeLimits), ("requesters", RequesterPolicy), ("results", ResultPolicy))
+_SECTIONS = (("limits", NodeLimits), ("requesters", RequesterPolicy), ("results", ResultPolicy),
+             ("audits", AuditPolicy))
 
 CONFIG_TEXT = """\
 # Pointillist configuration. Command-line options win over what is set here.

@@ -7,8 +7,9 @@ best node serving the model is chosen for each job, falling back to the next if 
 A job is never lost from sight: its id is printed the moment a node accepts it (and recorded in
 the requester's journal), ``--out`` is checked to be writable before anything is sent, and
 Ctrl-C says how to fetch what was accepted. Nothing is written unless it verifies.
-``--audit-share`` audits that share of the written images at once (``audit_cmd.audit_image``,
-with ``--audit-model``): a spot check whose cost is paid on a sample, not on every job.
+``--audit-share`` audits that share of the written images at once (``audit_cmd.audit_image``:
+with ``--audit-model`` here, without it by another node serving the model, found through the
+bootstrap peers): a spot check whose cost is paid on a sample, not on every job.
 """
 
 from __future__ import annotations
@@ -55,11 +56,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="JSON lines on stdout: one 'accepted' event per job as it happens, then one result each")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--audit-share", type=_share, metavar="FRACTION",
-                   help="audit this share of the images (0..1) right after they are written, with "
-                        "--audit-model: `pointillist audit` on each one drawn (default: [audit] share in "
-                        "config.toml, else 0)")
+                   help="audit this share of the images (0..1) right after they are written: "
+                        "`pointillist audit` on each one drawn (default: [audit] share in config.toml, else 0)")
     p.add_argument("--audit-model", type=Path, metavar="PATH",
-                   help="the model to audit with, the jobs' model (default: [audit] model in config.toml)")
+                   help="the model to audit with, the jobs' model (default: [audit] model in config.toml; "
+                        "without one, another node serving the model recomputes, found through the bootstrap peers)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -91,11 +92,11 @@ def run(args: argparse.Namespace) -> int:
         check_writable(out, overwrite=args.force)  # before anything is sent, not after the GPU work
     if args.out is None:
         check_writable(Path("pointillist-check.png"), overwrite=True)
-    if args.audit_share > 0 and args.audit_model is None:
+    if args.audit_share > 0 and args.audit_model is None and not bootstrap:
         from ..protocol.errors import UsageError
 
-        raise UsageError("--audit-share needs --audit-model PATH (or [audit] model in config.toml): "
-                         "the model to recompute the steps with")
+        raise UsageError("--audit-share needs --audit-model PATH (or [audit] model in config.toml) to recompute "
+                         "the steps here, or bootstrap peers (--bootstrap / config.toml) to find a node that does")
     identity, _ = load_or_create_identity(args.key or default_key_path())
     for spec in specs:
         spec.request_for(identity.peer_id, int(time.time()))  # bad settings fail before the network
@@ -114,20 +115,22 @@ def run(args: argparse.Namespace) -> int:
         write_new(out, result.png, overwrite=args.force or not outs)
         view.done(i, result, out)
         if args.audit_share > 0 and secrets.SystemRandom().random() < args.audit_share:
-            failures += _spot_check(out, result.node.addr, args.audit_model, view, i)
+            failures += _spot_check(out, result.node.addr, args.audit_model, bootstrap, view, i)
     if failures and len(results) == 1 and not args.json:
         raise results[0]
     return 1 if failures else 0
 
 
-def _spot_check(out: Path, node_addr: str, model: Path, view, i: int) -> int:
-    """Audit one written image (``audit_cmd.audit_image``); 1 if the node failed, else 0."""
+def _spot_check(out: Path, node_addr: str, model: Path | None, bootstrap: list[str], view, i: int) -> int:
+    """Audit one written image (``audit_cmd.audit_image``: here with ``model``, else by a node
+    found through ``bootstrap``); 1 if the node failed, else 0."""
     from .audit_cmd import audit_image
 
-    verdict, evidence = audit_image(out, model, peer=node_addr)
+    verdict, evidence = audit_image(out, model, peer=node_addr, bootstrap=bootstrap)
     if view.as_json:
         print(json.dumps({"event": "audit", "index": i, "out": str(out), "verdict": verdict.verdict,
-                          "detail": verdict.detail, **({"evidence": str(evidence)} if evidence else {})}), flush=True)
+                          "detail": verdict.detail, **({"evidence": str(evidence)} if evidence else {}),
+                          **({"auditor": verdict.auditor} if verdict.auditor else {})}), flush=True)
     else:
         print(f"audit of {out}: {verdict.detail}" + (f" (evidence: {evidence})" if evidence else ""),
               file=sys.stderr)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..protocol.audit_job import SignedAuditJob, open_audit_job
 from ..protocol.errors import ErrorCode, JobRejected, RemoteError, VerificationError
 from ..protocol.fetch import FETCH_LIFETIME_S, FetchRequest, open_fetch
 from ..protocol.jobs import SignedJob, check_fresh, open_job
@@ -53,33 +54,47 @@ class Admission:
     def admit(self, envelope: Any, *, now: float, queue_depth: int, shutting_down: bool) -> SignedJob:
         """The verified job, remembered against replays; ``JobRejected`` at the first failed check.
         ``queue_depth``: jobs admitted and not finished (the running one included)."""
-        try:
-            job = open_job(envelope)
-        except VerificationError as exc:
-            raise JobRejected(ErrorCode.BAD_SIGNATURE, str(exc)) from exc
-        except RemoteError as exc:
-            raise JobRejected(ErrorCode.BAD_FRAME, str(exc)) from exc
+        job = _opened(open_job, envelope)
         request = job.request
+        self._addressed(request, job.requester, now)
+        model = self.models.find(request.model)
+        self.policy.limits.check(request)
+        fit = getattr(model, "memory_fit", None)  # measured once at start (CUDA only)
+        if fit is not None:
+            fit.check(request.width, request.height, model.name)
+        self._take_a_place(request, job.requester, now, queue_depth, shutting_down)
+        return job
+
+    def admit_audit(self, envelope: Any, *, now: float, queue_depth: int, shutting_down: bool) -> SignedAuditJob:
+        """An audit job (protocol/audit_job.py), through the same checks in the same order as a
+        job, with the operator's ``[audits] serve`` switch in place of the job's limits (which
+        apply to the audited image's settings once it is verified, in the audit service)."""
+        job = _opened(open_audit_job, envelope)
+        request = job.request
+        self._addressed(request, job.requester, now)
+        self.models.find(request.model)
+        if not self.policy.audits.serve:
+            raise JobRejected(ErrorCode.FORBIDDEN, "this node does not serve audit jobs ([audits] serve = false)")
+        self._take_a_place(request, job.requester, now, queue_depth, shutting_down)
+        return job
+
+    def _addressed(self, request: Any, requester: str, now: float) -> None:
         try:
             check_fresh(request, now)
         except VerificationError as exc:
             raise JobRejected(ErrorCode.EXPIRED, str(exc)) from exc
         if request.node != self.node_id:
             raise JobRejected(ErrorCode.WRONG_NODE, f"job is addressed to {request.node}, this is {self.node_id}")
-        self.policy.requesters.check_identity(job.requester)
-        model = self.models.find(request.model)
-        self.policy.limits.check(request)
-        fit = getattr(model, "memory_fit", None)  # measured once at start (CUDA only)
-        if fit is not None:
-            fit.check(request.width, request.height, model.name)
+        self.policy.requesters.check_identity(requester)
+
+    def _take_a_place(self, request: Any, requester: str, now: float, queue_depth: int, shutting_down: bool) -> None:
         if shutting_down:
             raise JobRejected(ErrorCode.BUSY, "node is shutting down")
         if queue_depth > self.policy.limits.queue_size:
             raise JobRejected(ErrorCode.BUSY, f"queue full ({self.policy.limits.queue_size} waiting)")
         self.replay.check_unseen(request.job_id, request.nonce, now)
-        self.rate.take(job.requester, now)
+        self.rate.take(requester, now)
         self.replay.check_and_remember(request.job_id, request.nonce, request.expires_at, now)
-        return job
 
     def check_fetch(self, envelope: Any, *, now: float) -> tuple[FetchRequest, str]:
         """A fetch request's checks: signature, schema, freshness, target. Returns the request
@@ -95,3 +110,13 @@ class Admission:
         if request.node != self.node_id:
             raise JobRejected(ErrorCode.WRONG_NODE, f"fetch is addressed to {request.node}")
         return request, requester
+
+
+def _opened(open_fn: Any, envelope: Any) -> Any:
+    """The requester's signature, then the schema: ``bad-signature`` or ``bad-frame``."""
+    try:
+        return open_fn(envelope)
+    except VerificationError as exc:
+        raise JobRejected(ErrorCode.BAD_SIGNATURE, str(exc)) from exc
+    except RemoteError as exc:
+        raise JobRejected(ErrorCode.BAD_FRAME, str(exc)) from exc

@@ -37,9 +37,8 @@ from __future__ import annotations
 
 import copy
 import math
-import random
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -48,58 +47,23 @@ from PIL import Image
 from ..attestation.pixels import to_rgb8
 from ..attestation.statement import GenerationRecord
 from ..attestation.trajectory import StepLeaf, Trajectory, decode_leaf, leaf_hash, verify_inclusion
-from ..protocol.errors import PointillistError, VerificationError, one_line
+from ..protocol.errors import VerificationError, one_line
 from . import samplers
+from .audit_result import (  # noqa: F401  (re-exported: the audit's result types and thresholds)
+    CALIBRATED_CONDITIONS, FAIL, MAX_EPS_REL_ERROR, MAX_STEP_REL_ERROR, PASS, UNAUDITABLE, AuditVerdict, Check,
+    thresholds_json,
+)
+from .audit_plan import (  # noqa: F401  (re-exported: what an audit asks for)
+    _HISTORY, SINGLE_STEP_SCHEDULERS, STOCHASTIC_SCHEDULERS, AuditError, choose_steps, history_start,
+    is_stochastic as _stochastic, leaves_needed,
+)
 from .reproduce import MAX_ABS_DIFF, MAX_MEAN_ABS_DIFF, compare_pixels, within_tolerance
 from .step_commitments import tensor_bytes, to_tensor
 
-PASS = "pass"
-FAIL = "fail"
-UNAUDITABLE = "unauditable"
-
-#: The UNet part: largest ``||eps' - eps|| / ||eps||`` of an honest recomputation (CPU float32).
-#: Calibrated by bench/bench_audit_detection.py on the embedded model (docs/audit.md): honest
-#: recomputations on another thread count or batch size reached 8.2e-6 (0 on the same ones); the
-#: subtlest dishonest case, UNet weights x (1 + 0.1 % noise), measured at least 5.9e-3. 2e-4 is
-#: about their geometric mean: 25x above the one, 29x below the other.
-MAX_EPS_REL_ERROR = 2e-4
-#: The scheduler part: largest ``||x_k' - x_k|| / ||x_k - x_{k-1}||``. The scheduler's arithmetic on
-#: committed values is elementwise and deterministic: 0 in every honest trial here; the bound
-#: leaves room for another device's rounding of the same float operations.
-MAX_STEP_REL_ERROR = 1e-4
-
-#: (device type, dtype) where the thresholds were calibrated: a figure beyond one fails a node only
-#: when the node and the audit both ran here; elsewhere it makes the audit unauditable.
-CALIBRATED_CONDITIONS = frozenset({("cpu", "float32")})
-
-#: Schedulers whose ``step`` adds noise the commitments do not hold (docs/attestation.md, 10).
-STOCHASTIC_SCHEDULERS = frozenset({
-    "EulerAncestralDiscreteScheduler", "KDPM2AncestralDiscreteScheduler", "DPMSolverSDEScheduler",
-    "LCMScheduler", "DDPMScheduler", "TCDScheduler", "CMStochasticIterativeScheduler",
-})
-#: Deterministic schedulers whose step k depends on leaf k-1 and eps_k only.
-SINGLE_STEP_SCHEDULERS = frozenset({"DDIMScheduler", "EulerDiscreteScheduler"})
 #: Schedulers whose ``step`` keeps no state between calls (no step index): any step starts a replay.
 _STATELESS_SCHEDULERS = frozenset({"DDIMScheduler"})
-#: Deterministic multistep schedulers: how many earlier steps a replay must run before step k to
-#: reach its state (``None``: all of them, from x_T). DPM++ uses the ``solver_order`` - 1 previous
-#: model outputs; UniPC's corrector reaches ``solver_order`` + 1 steps back (a replay from
-#: ``solver_order`` back is off by 1-4 % of the step on the embedded model, measured). PNDM/PLMS
-#: keeps a counter and Heun/LMS per-step state that a replay from the middle does not rebuild.
-#: Each window is checked bit for bit against a full replay by tests/test_audit_check.py.
-_HISTORY = {
-    "DPMSolverMultistepScheduler": lambda config: int(config.get("solver_order", 2)) - 1,
-    "UniPCMultistepScheduler": lambda config: int(config.get("solver_order", 2)) + 1,
-    "PNDMScheduler": lambda config: None,
-    "HeunDiscreteScheduler": lambda config: None,
-    "LMSDiscreteScheduler": lambda config: None,
-}
 #: Pipelines whose denoising loop this module mirrors.
 SUPPORTED_PIPELINES = frozenset({"StableDiffusionPipeline"})
-
-
-class AuditError(PointillistError):
-    """The audit itself cannot run (bad arguments), as opposed to a verdict."""
 
 
 @dataclass(frozen=True)
@@ -110,118 +74,7 @@ class OpenedLeaf:
     proof: tuple[bytes, ...]
 
 
-@dataclass(frozen=True)
-class Check:
-    """One check: ``status`` pass / fail / unauditable, with its figure where one was measured."""
-
-    name: str  # model, proof, step-count, seed-binding, unet, scheduler, vae
-    status: str
-    detail: str
-    step: int | None = None  # the step (unet, scheduler) or leaf (proof) it concerns
-    measure: str | None = None  # what ``value`` is
-    value: float | None = None
-    threshold: float | None = None
-    figures: dict[str, Any] = field(default_factory=dict)
-
-    def to_json_dict(self) -> dict[str, Any]:
-        value = self.value
-        if value is not None and not math.isfinite(value):
-            value = str(value)  # JSON has no infinities
-        out: dict[str, Any] = {"check": self.name, "status": self.status, "detail": self.detail}
-        if self.step is not None:
-            out["step"] = self.step
-        if self.measure is not None:
-            out.update(measure=self.measure, value=value, threshold=self.threshold)
-        if self.figures:
-            out["figures"] = self.figures
-        return out
-
-    def describe(self) -> str:
-        where = f" step {self.step}" if self.step is not None else ""
-        return f"{self.name}{where}: {self.status}: {self.detail}"
-
-
-@dataclass(frozen=True)
-class AuditVerdict:
-    verdict: str  # PASS, FAIL, UNAUDITABLE
-    detail: str  # one line
-    checks: tuple[Check, ...]
-    steps: tuple[int, ...] = ()  # the challenged steps
-
-    @property
-    def ok(self) -> bool | None:
-        """True: passed; False: failed; None: unauditable."""
-        return None if self.verdict == UNAUDITABLE else self.verdict == PASS
-
-    @property
-    def failed(self) -> Check | None:
-        return next((c for c in self.checks if c.status == FAIL), None)
-
-    @property
-    def unchecked(self) -> tuple[Check, ...]:
-        return tuple(c for c in self.checks if c.status == UNAUDITABLE)
-
-    def check(self, name: str, step: int | None = None) -> Check | None:
-        return next((c for c in self.checks if c.name == name and (step is None or c.step == step)), None)
-
-    def to_json_dict(self) -> dict[str, Any]:
-        return {
-            "verdict": self.verdict,
-            "detail": self.detail,
-            "challengedSteps": list(self.steps),
-            "checks": [c.to_json_dict() for c in self.checks],
-            "thresholds": thresholds_json(),
-        }
-
-    def describe(self) -> str:
-        return "\n".join([f"audit: {self.detail}", *("  " + c.describe() for c in self.checks)])
-
-
-def thresholds_json() -> dict[str, Any]:
-    return {"epsRelError": MAX_EPS_REL_ERROR, "stepRelError": MAX_STEP_REL_ERROR,
-            "vaeMeanAbsDiff": MAX_MEAN_ABS_DIFF, "vaeMaxAbsDiff": MAX_ABS_DIFF, "seedBinding": "bit-exact"}
-
-
 # --- what to ask for ---------------------------------------------------------------------------------
-
-
-def choose_steps(steps: int, extra: int = 2, rng: random.Random | None = None) -> list[int]:
-    """The steps to challenge: step 1 (it binds the seed to the model's first output) and ``extra``
-    more drawn uniformly without replacement from 2..``steps``; sorted. Use an unpredictable
-    ``rng`` (the default, ``random.SystemRandom``) once the node has committed."""
-    rng = rng if rng is not None else random.SystemRandom()
-    others = list(range(2, steps + 1))
-    return sorted([1, *rng.sample(others, min(extra, len(others)))])
-
-
-def history_start(scheduler: str, config: Mapping[str, Any], k: int) -> int | None:
-    """The first step a replay of the scheduler part of step k runs (1..k): k for single-step
-    schedulers; ``None`` for a scheduler with no rule here (stochastic or unknown)."""
-    if scheduler in SINGLE_STEP_SCHEDULERS:
-        return k
-    rule = _HISTORY.get(scheduler)
-    if rule is None or _stochastic(scheduler, config):
-        return None
-    back = rule(config)
-    return 1 if back is None else max(1, k - back)
-
-
-def leaves_needed(record: GenerationRecord, steps: Sequence[int], *, scheduler_history: bool = True) -> list[int]:
-    """Leaf indices an audit of ``steps`` asks for: 0 (x_T), N (the image's latent), k and k-1 for
-    each challenged k, and, with ``scheduler_history``, the earlier leaves a multistep scheduler's
-    replay needs (``history_start``)."""
-    if record.trajectory is None:
-        raise AuditError("the record has no step commitments (not version 3)")
-    n = record.trajectory.steps
-    wanted = {0, n}
-    for k in steps:
-        if not 1 <= k <= n:
-            raise AuditError(f"step {k} is not in 1..{n}")
-        wanted |= {k - 1, k}
-        start = history_start(record.scheduler, record.scheduler_config or {}, k) if scheduler_history else None
-        if start is not None:
-            wanted |= set(range(start - 1, k + 1))
-    return sorted(wanted)
 
 
 def open_leaves(trajectory: Trajectory, indices: Sequence[int]) -> dict[int, OpenedLeaf]:
@@ -230,13 +83,6 @@ def open_leaves(trajectory: Trajectory, indices: Sequence[int]) -> dict[int, Ope
 
 
 # --- the audit -----------------------------------------------------------------------------------------
-
-
-def _stochastic(scheduler: str, config: Mapping[str, Any]) -> bool:
-    if scheduler in STOCHASTIC_SCHEDULERS:
-        return True
-    algorithm = config.get("algorithm_type")
-    return isinstance(algorithm, str) and algorithm.startswith("sde")
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor) -> float:

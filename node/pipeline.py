@@ -141,6 +141,10 @@ class LoadedModel:
             f"{type(self.pipe).__name__}, device={self.device!r}, dtype={self.dtype!r})"
         )
 
+    def on_device(self) -> "LoadedModel":
+        """Itself: already on its device (``ServedSlot.on_device`` moves one there first)."""
+        return self
+
     def generate(
         self, params: GenerationSettings, on_step: Callable[[int, int], None] | None = None,
         *, commit_steps: bool = True,

@@ -24,6 +24,9 @@ keys are refused::
     [results]
     keep_hours = 24     # finished images stay fetchable by job id this long
     max_mb = 2048       # and within this much disk; oldest go first
+
+    [audits]
+    serve = true        # recompute steps of other nodes' images for requesters' audit jobs
 """
 
 from __future__ import annotations
@@ -56,10 +59,18 @@ class ResultPolicy:
 
 
 @dataclass(frozen=True)
+class AuditPolicy:
+    #: Audit jobs (protocol/audit_job.py) cost a few UNet steps each and let requesters without
+    #: a GPU check the network's work, so a node serves them unless its operator says not to.
+    serve: bool = True
+
+
+@dataclass(frozen=True)
 class Policy:
     limits: NodeLimits = field(default_factory=NodeLimits)
     requesters: RequesterPolicy = field(default_factory=RequesterPolicy)
     results: ResultPolicy = field(default_factory=ResultPolicy)
+    audits: AuditPolicy = field(default_factory=AuditPolicy)
 
 
 def load_policy(path: Path | None) -> Policy:
@@ -71,7 +82,7 @@ def load_policy(path: Path | None) -> Policy:
         raise UsageError(f"cannot read policy {path}: {exc}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"policy {path}: {exc}") from exc
-    unknown = set(raw) - {"limits", "requesters", "results"}
+    unknown = set(raw) - {"limits", "requesters", "results", "audits"}
     if unknown:
         raise UsageError(f"policy {path}: unknown section(s) {', '.join(sorted(unknown))}")
     req = dict(raw.get("requesters", {}))
@@ -84,6 +95,7 @@ def load_policy(path: Path | None) -> Policy:
         limits=_build(NodeLimits, raw.get("limits", {}), "limits", path),
         requesters=_build(RequesterPolicy, req, "requesters", path),
         results=_build(ResultPolicy, raw.get("results", {}), "results", path),
+        audits=_build(AuditPolicy, raw.get("audits", {}), "audits", path),
     )
 
 

@@ -148,6 +148,10 @@ class ServedSlot:
     def warm(self) -> bool:
         return self.residency.warm(self.facts.digest)
 
+    def on_device(self) -> Pipeline:
+        """The loaded model on the device (loading or moving it first), for audits."""
+        return self.residency.get(self.facts)
+
     def generate(self, params: Any, on_step: Callable[[int, int], None] | None = None) -> Any:
         failed: str | None = None
         try:

@@ -25,9 +25,11 @@ from .operator_view import make_output
 from .state_store import NodeState, open_node_state
 from .status import NodeStatus, Readings
 from .audit_service import AuditService
+from .audit_job_service import AuditJobService
 from .status_service import StatusService
 from .node_file import remove_node_file, write_node_file
 from ..protocol.audit import AUDIT_PROTOCOL
+from ..protocol.audit_job import AUDIT_JOB_PROTOCOL
 from ..protocol.status import STATUS_PROTOCOL
 from ..network.overlay import open_network
 from ..network.host import DEFAULT_LISTEN, full_addrs
@@ -271,6 +273,7 @@ async def _serve(config: NodeConfig, node: LoadedNode, state: NodeState,
         net.host.set_stream_handler(JOB_PROTOCOL, service.handle_stream)
         net.host.set_stream_handler(STATUS_PROTOCOL, StatusService(config.identity.peer_id, status, service.events).handle_stream)
         net.host.set_stream_handler(AUDIT_PROTOCOL, AuditService(state.trajectory_for, service.events).handle_stream)
+        net.host.set_stream_handler(AUDIT_JOB_PROTOCOL, AuditJobService(service).handle_stream)
         advertiser = Advertiser(
             net, service, node.models, node.device, node.speed,
             max_side=config.policy.limits.max_side, pipeline_names=node.pipelines,

@@ -29,6 +29,7 @@ runs in trio's worker threads: its cost does not grow with what the node holds
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import queue
@@ -36,7 +37,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from typing import Any, Callable, Protocol
+from typing import Any, AsyncIterator, Callable, Protocol
 
 import outcome
 import trio
@@ -241,30 +242,26 @@ class JobService:
 
         request = job.request
         model = self.models.find(request.model)  # already checked in admission
-        self._waiting += 1
-        self.on_change()
-        accepted = JobAccepted(request.job_id, job.requester, peer, request.model, request.steps, self._waiting - 1)
-        self.events.emit(accepted)
         started = generated_at = None
         trajectory: bytes | None = None
-        try:
-            log.debug("job %s from %s accepted (%d ahead)", request.job_id, job.requester, self._waiting - 1)
-            await self._remember(request)
-            await self._write(stream, AcceptedMessage(t="accepted", jobId=request.job_id, position=self._waiting - 1))
-            async with self._gpu:
-                started = time.monotonic()
-                self.events.emit(JobStarted(request.job_id, request.steps))
-                png, trajectory = await self._run(stream, job, model)
-                generated_at = time.monotonic()
-        except JobRejected as exc:
-            self._finished(accepted, started, generated_at, exc.code)
-            return await self._reject(stream, peer, exc, reported=True)
-        except BaseException:
-            self._finished(accepted, started, generated_at, ErrorCode.INTERNAL, delivered=False)
-            raise
-        finally:
-            self._waiting -= 1
-            self.on_change()
+        async with self.in_queue() as position:
+            accepted = JobAccepted(request.job_id, job.requester, peer, request.model, request.steps, position)
+            self.events.emit(accepted)
+            try:
+                log.debug("job %s from %s accepted (%d ahead)", request.job_id, job.requester, position)
+                await self.remember(request)
+                await self._write(stream, AcceptedMessage(t="accepted", jobId=request.job_id, position=position))
+                async with self._gpu:
+                    started = time.monotonic()
+                    self.events.emit(JobStarted(request.job_id, request.steps))
+                    png, trajectory = await self._run(stream, job, model)
+                    generated_at = time.monotonic()
+            except JobRejected as exc:
+                self._finished(accepted, started, generated_at, exc.code)
+                return await self._reject(stream, peer, exc, reported=True)
+            except BaseException:
+                self._finished(accepted, started, generated_at, ErrorCode.INTERNAL, delivered=False)
+                raise
         log.debug("job %s done (%d bytes)", request.job_id, len(png))
         delivered = False
         try:
@@ -280,7 +277,26 @@ class JobService:
         finally:
             self._finished(accepted, started, generated_at, None, len(png), delivered)
 
-    async def _remember(self, request: Any) -> None:
+    @contextlib.asynccontextmanager
+    async def in_queue(self) -> AsyncIterator[int]:
+        """Count a job (or an audit job) in ``queue_depth`` while the block runs, re-advertising
+        on entry and exit; yields the number of jobs ahead of it."""
+        self._waiting += 1
+        self.on_change()
+        try:
+            yield self._waiting - 1
+        finally:
+            self._waiting -= 1
+            self.on_change()
+
+    async def on_device(self, fn: Callable[[], Any], started: Callable[[], None] = lambda: None) -> Any:
+        """``fn()`` on the generation thread, one at a time with every job (the device lock);
+        ``started()`` on the loop once the device is ours."""
+        async with self._gpu:
+            started()
+            return await self._generation.run(fn)
+
+    async def remember(self, request: Any) -> None:
         """The job's replay keys on disk before "accepted" goes out, so that a crash right after
         does not let the same signed job run again. One INSERT in a worker thread: its cost does
         not grow with the keys held, and the loop never waits on the disk. A failed write is

@@ -348,7 +348,7 @@ def test_public_names() -> None:
     for name in attestation_pkg.__all__:
         assert hasattr(attestation_pkg, name), name
     public = {n for n in vars(attestation_pkg) if not n.startswith("_")}
-    modules = {"a1111", "pixels", "png", "sign", "statement", "trajectory", "verify"}
+    modules = {"a1111", "audit_verdict", "pixels", "png", "sign", "statement", "trajectory", "verify"}
     assert public - modules == set(attestation_pkg.__all__)
     assert PixelSubject(1, 2, "00").name == "rgb8:1x2"
 

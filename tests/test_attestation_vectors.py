@@ -62,6 +62,22 @@ def test_vector_outcome(vector: dict) -> None:
             with pytest.raises((VerificationError, RemoteError)) as info:
                 open_job(Envelope.from_json(data))
             assert vector["reason"] in str(info.value)
+    elif vector["kind"] == "verdict":  # remote audits (tests/test_remote_audit.py)
+        from pointillist.attestation.audit_verdict import open_verdict
+        from pointillist.attestation.pixels import pixel_subject
+
+        if vector["expect"] == "valid":
+            record = open_verdict(Envelope.from_json(data))
+            assert record.subject == pixel_subject(extract_provenance(asset(vector["image"])).image)
+        else:
+            with pytest.raises(VerificationError) as info:
+                open_verdict(Envelope.from_json(data))
+            assert vector["reason"] in str(info.value)
+    elif vector["kind"] == "audit-job":
+        from pointillist.protocol.audit_job import open_audit_job
+
+        assert vector["expect"] == "valid"
+        open_audit_job(Envelope.from_json(data))
     elif vector["kind"] == "merkle":  # step commitments, format version 3 (tests/test_trajectory.py)
         from test_trajectory import check_merkle_document
 

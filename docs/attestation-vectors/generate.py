@@ -38,6 +38,7 @@ from pointillist.protocol.jobs import JobRequest, sign_job
 NODE = Identity(bytes(range(0, 32)))
 REQUESTER = Identity(bytes(range(32, 64)))
 OTHER = Identity(bytes(range(64, 96)))  # neither: the forger
+AUDITOR = Identity(bytes(range(96, 128)))  # the node that signs the audit verdict vectors
 
 ISSUED_AT = 1795341600  # 2026-11-22T10:00:00Z
 CREATED_AT = "2026-11-22T10:00:05Z"
@@ -284,6 +285,7 @@ def build_vectors() -> dict[str, bytes]:
             "node": {"seed": bytes(range(0, 32)).hex(), "peerId": NODE.peer_id},
             "requester": {"seed": bytes(range(32, 64)).hex(), "peerId": REQUESTER.peer_id},
             "other": {"seed": bytes(range(64, 96)).hex(), "peerId": OTHER.peer_id},
+            "auditor": {"seed": bytes(range(96, 128)).hex(), "peerId": AUDITOR.peer_id},
         },
         "vectors": index,
     }
@@ -508,6 +510,7 @@ def add_v3_vectors(add, image: Image.Image) -> None:
         "leaves); the A1111 text names the scheduler class.")
     add("valid-v3.json", attestation.to_json(), "valid", kind="envelope", image="valid-v3.png",
         description="The attestation envelope of valid-v3.png alone.")
+    add_audit_vectors(add, image, attestation, trajectory)
 
     v2_request = job_request("6123456789abcdef0123456789abcdef", "a lighthouse at dusk, oil painting",
                              sampler=SAMPLER, steps=TRAJECTORY_STEPS)
@@ -540,6 +543,46 @@ def add_v3_vectors(add, image: Image.Image) -> None:
     png("v3-predicate-v2-type.png", "invalid", "attestation", "predicate.trajectory: unknown member",
         "The node validly signed the v3 predicate under predicateType generation/v2.",
         attestation=resigned(NODE, attestation, b"/attestation/generation/v3", b"/attestation/generation/v2"))
+
+
+def add_audit_vectors(add, image: Image.Image, attestation: Envelope, trajectory: T.Trajectory) -> None:
+    """Remote audits (issue 11, item 4): the requester's signed audit job about valid-v3.png, and
+    the auditor's signed verdict (predicate audit/v1, docs/attestation.md section 11)."""
+    from pointillist.attestation.audit_verdict import AuditVerdictRecord, sign_verdict
+    from pointillist.attestation.pixels import pixel_subject
+    from pointillist.protocol.audit_job import AuditJobRequest, sign_audit_job
+
+    png = embed_provenance(image, attestation, None)  # the bytes the audit job names
+    request = AuditJobRequest(jobId="7123456789abcdef0123456789abcdef", nonce="89abcdef0123456789abcdef01234567",
+                              issuedAt=ISSUED_AT + 60, expiresAt=ISSUED_AT + 960, node=AUDITOR.peer_id,
+                              model=MODEL_DIGEST, imageSha256=hashlib.sha256(png).hexdigest(), steps=[1, 3])
+    job = sign_audit_job(REQUESTER, request)
+    add("audit-job.json", job.to_json(), "valid", kind="audit-job",
+        description="A requester's signed audit job: node AUDITOR is to recompute steps 1 and 3 of the image "
+                    "whose PNG bytes have imageSha256 (valid-v3.png's attestation without its job).")
+    record = AuditVerdictRecord(
+        auditor=AUDITOR.peer_id, subject=pixel_subject(image),
+        statement_sha256=hashlib.sha256(attestation.payload).hexdigest(), attested_node=NODE.peer_id,
+        attested_job="5123456789abcdef0123456789abcdef", model_digest=MODEL_DIGEST, root=trajectory.root.hex(),
+        steps=(1, 3), verdict="fail", detail="fail: unet step 3: relative error of eps 0.0031 > 0.0002",
+        checks=({"check": "seed-binding", "status": "pass", "detail": "leaf 0 is the seed's", "step": 0},
+                {"check": "unet", "status": "pass", "detail": "eps recomputed bit for bit", "step": 1,
+                 "measure": "eps-rel-error", "value": 0.0, "threshold": 0.0002},
+                {"check": "unet", "status": "fail", "detail": "relative error of eps 0.0031", "step": 3,
+                 "measure": "eps-rel-error", "value": 0.0031, "threshold": 0.0002}),
+        requester=REQUESTER.peer_id, audit_job_id=request.job_id,
+        audit_job_sha256=hashlib.sha256(job.payload).hexdigest(), device="cpu", dtype="float32", torch_threads=1,
+        libraries=LIBRARIES, created_at="2026-11-22T10:01:30Z")
+    verdict = sign_verdict(AUDITOR, record)
+    add("audit-verdict.json", verdict.to_json(), "valid", kind="verdict", image="valid-v3.png",
+        description="The auditor's signed verdict on valid-v3.png for audit-job.json: fail at step 3.")
+    add("audit-verdict.json", verdict.to_json(), "invalid", reason="predicateType", kind="envelope",
+        image="valid-v3.png", description="A verdict is not a generation attestation: image verifiers refuse it.")
+    add("audit-verdict-other-signer.json", sign_envelope(OTHER, ATTESTATION_PAYLOAD_TYPE, verdict.payload).to_json(),
+        "invalid", reason="names auditor", kind="verdict", image="valid-v3.png",
+        description="The same statement signed by another key than the auditor it names.")
+    add("audit-verdict-as-generation.json", attestation.to_json(), "invalid", reason="predicateType",
+        kind="verdict", image="valid-v3.png", description="A generation attestation is not a verdict.")
 
 
 def main(argv: list[str]) -> int:
