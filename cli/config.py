@@ -32,8 +32,8 @@ from ..protocol.keyfile import config_dir
 
 _TOP = {"bootstrap", "node", "audit"}
 _AUDIT = {"share", "model"}
-_NODE = {"listen", "models", "model_config", "models_dir", "models_on_device", "models_ram_mb", "device", "dtype",
-         "metrics", "log_format"}
+_NODE = {"listen", "relays", "models", "model_config", "models_dir", "models_on_device", "models_ram_mb", "device",
+         "dtype", "metrics", "log_format"}
 LOG_FORMATS = ("text", "json")
 
 
@@ -41,6 +41,7 @@ LOG_FORMATS = ("text", "json")
 class Config:
     bootstrap: list[str] = field(default_factory=list)
     listen: list[str] = field(default_factory=list)
+    relays: list[str] = field(default_factory=list)
     models: list[Path] = field(default_factory=list)
     model_config: Path | None = None
     models_dir: Path | None = None
@@ -97,6 +98,7 @@ def load_config(path: Path | None = None) -> Config:
     return Config(
         bootstrap=_strings(raw.get("bootstrap", []), "bootstrap", path),
         listen=_strings(node.get("listen", []), "node.listen", path),
+        relays=_strings(node.get("relays", []), "node.relays", path),
         models=[Path(m).expanduser() for m in _strings(node.get("models", []), "node.models", path)],
         model_config=Path(node["model_config"]).expanduser() if "model_config" in node else None,
         models_dir=Path(node["models_dir"]).expanduser() if "models_dir" in node else None,

@@ -24,7 +24,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                        help="for the --model checkpoints: a family (sd15, sd2-512, sd2-768-v, sdxl, sdxl-turbo) "
                        "or a local diffusers folder, instead of detecting it from the file (needed for .ckpt)")
     start.add_argument("--listen", action="append", default=[], metavar="MULTIADDR",
-                       help="listen address (default /ip4/127.0.0.1/tcp/0); repeatable")
+                       help="listen address (default /ip4/127.0.0.1/tcp/0); repeatable; 'none' listens nowhere "
+                       "(reached through --relay only)")
+    start.add_argument("--relay", action="append", default=[], metavar="MULTIADDR",
+                       help="relay to reserve a slot on, for requesters to reach this node through; repeatable "
+                       "(default: [node] relays in config.toml)")
     start.add_argument("--bootstrap", action="append", default=[], metavar="MULTIADDR",
                        help="peer to join the network through; repeatable (default: config.toml)")
     start.add_argument("--key", type=Path, help="identity file (default: identity.key in the config directory)")
@@ -69,11 +73,16 @@ def run(args: argparse.Namespace) -> int:
 
     config = load_config()
     listen = args.listen or config.listen or [DEFAULT_LISTEN]
+    if listen == ["none"]:
+        listen = []
+    relays = args.relay or config.relays
     bootstrap = args.bootstrap or config.bootstrap
     for addr in listen:  # a typo or a busy port fails now, not after seconds of loading models
         ensure_listen_addr_free(parse_listen_addr(addr))
-    for addr in bootstrap:
+    for addr in bootstrap + relays:
         parse_peer_addr(addr)
+    if not listen and not relays:
+        raise UsageError("a node that listens nowhere needs --relay (or [node] relays) to be reachable at all")
     models_dir = args.models_dir or config.models_dir
     if models_dir is not None:  # an empty or missing folder fails now, not after loading torch
         from ..node.model_folder import find_models
@@ -88,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
         models_on_device=config.models_on_device or 1,
         models_ram_mb=config.models_ram_mb,
         listen=listen,
+        relays=relays,
         bootstrap=bootstrap,
         device=args.device or config.device,
         dtype=args.dtype or config.dtype,

@@ -1,7 +1,7 @@
 """``pointillist node init``: write a commented ``config.toml`` and ``policy.toml`` to edit.
 
 The policy file is generated from the dataclasses that read it (``NodeLimits``,
-``RequesterPolicy``, ``ResultPolicy``, ``AuditPolicy``), so every key and default shown is the one the code uses;
+``RequesterPolicy``, ``ResultPolicy``, ``AuditPolicy``, ``RelayPolicy``), so every key and default shown is the one the code uses;
 ``HELP`` must explain each (a test fails for a field without text). Both files, as written, load
 to exactly the defaults: every config key is commented out, every policy key is set to its default.
 """
@@ -12,7 +12,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from ..node.limits import NodeLimits
-from ..node.policy import AuditPolicy, RequesterPolicy, ResultPolicy
+from ..node.policy import AuditPolicy, RelayPolicy, RequesterPolicy, ResultPolicy
 from ..protocol.errors import UsageError
 
 #: What each policy key does, by section and field name.
@@ -41,9 +41,17 @@ HELP: dict[str, dict[str, str]] = {
     "audits": {
         "serve": "recompute a few steps of other nodes' images for requesters' audit jobs (no GPU needed on their side)",
     },
+    "relay": {
+        "serve": "relay connections to nodes that cannot be dialed (home GPUs behind NAT); useful when this node can be dialed",
+        "max_reservations": "nodes that may hold a slot here at once",
+        "max_circuits": "relayed connections at once to one node that holds a slot",
+        "max_circuit_mb": "bytes one relayed connection may carry, both directions (a job's image must fit)",
+        "max_circuit_s": "seconds one relayed connection may last",
+        "reservation_ttl_s": "seconds a slot lasts before the node must renew it",
+    },
 }
 _SECTIONS = (("limits", NodeLimits), ("requesters", RequesterPolicy), ("results", ResultPolicy),
-             ("audits", AuditPolicy))
+             ("audits", AuditPolicy), ("relay", RelayPolicy))
 
 CONFIG_TEXT = """\
 # Pointillist configuration. Command-line options win over what is set here.
@@ -54,7 +62,12 @@ CONFIG_TEXT = """\
 
 [node]
 # Addresses to listen on. Default: /ip4/127.0.0.1/tcp/0 (this machine only, any free port).
+# [] listens nowhere: the node is reached only through its relays.
 # listen = ["/ip4/0.0.0.0/tcp/4001"]
+
+# Relays to reserve a slot on, so that requesters reach this node even when it cannot be dialed
+# (behind a home router). Its capacity record then lists <relay>/p2p-circuit/p2p/<this node>.
+# relays = ["/ip4/192.0.2.7/tcp/4001/p2p/12D3KooW..."]
 
 # Models to serve: diffusers folders or single-file checkpoints. Default: the embedded tiny model
 # (random weights: its images are noise).

@@ -43,7 +43,8 @@ from ..protocol.capacity import CapacityRecord, decode_record
 from ..protocol.errors import FrameError, RemoteError, TransportError, UsageError, find_ours
 from ..protocol.identity import Identity
 from .directory import PeerDirectory
-from .host import build_host, connect, listening, open_stream, parse_peer_addr
+from .host import build_host, connect, full_addrs, listening, open_stream, parse_peer_addr
+from .relay import RelayService
 
 log = logging.getLogger("pointillist.network")
 
@@ -108,10 +109,16 @@ class Network:
     clock: Callable[[], float]
     #: records dropped by validation, by ``RecordRejected.reason`` ("stale": older than held)
     rejected: Counter = field(default_factory=Counter)
+    #: where others reach this host: its listen addresses, then its relayed ones once reserved
+    #: (a node sets ``circuit_addrs`` to ``network.relay.Reservations.addrs``)
+    circuit_addrs: Callable[[], list[str]] = lambda: []
 
     @property
     def peer_id(self) -> str:
         return self.identity.peer_id
+
+    def addrs(self) -> list[str]:
+        return full_addrs(self.host) + self.circuit_addrs()
 
     # ---- records ----------------------------------------------------------------------
 
@@ -333,7 +340,10 @@ async def open_network(
     *,
     serve_dht: bool = True,
     clock: Callable[[], float] = time.time,
+    relay: RelayService | None = None,
 ) -> AsyncIterator[Network]:
+    """The host on ``listen`` with gossip, the DHT and records; with ``relay``, it also relays
+    for nodes that cannot be dialed (network/relay.py)."""
     host = build_host(identity)
     gossipsub = GossipSub(
         protocols=[MESHSUB_V11, MESHSUB_V10],
@@ -354,7 +364,7 @@ async def open_network(
             for service in (pubsub, gossipsub, dht):
                 await stack.enter_async_context(background_trio_service(service))
             # ``listening`` closes every connection on the way out, before the services stop.
-            await stack.enter_async_context(listening(host, listen))
+            await stack.enter_async_context(listening(host, listen, relay))
             subscription = await pubsub.subscribe(CAPACITY_TOPIC)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(net._read_gossip, subscription)

@@ -124,6 +124,4 @@ class Advertiser:
             log.warning("could not publish capacity record", exc_info=True)
 
     def _addrs(self) -> list[str]:
-        from ..network.host import full_addrs
-
-        return full_addrs(self.network.host)[:16]
+        return self.network.addrs()[:16]

@@ -27,6 +27,14 @@ keys are refused::
 
     [audits]
     serve = true        # recompute steps of other nodes' images for requesters' audit jobs
+
+    [relay]             # circuit relay v2 for nodes that cannot be dialed (network/relay.py)
+    serve = true        # relay for others (only a node that others can dial is any use as one)
+    max_reservations = 32
+    max_circuits = 8    # at once, per node that reserved a slot
+    max_circuit_mb = 64.0
+    max_circuit_s = 900
+    reservation_ttl_s = 3600
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ import tomllib
 from collections import OrderedDict
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from ..protocol.errors import ErrorCode, JobRejected, UsageError
 from .limits import NodeLimits
@@ -66,11 +75,31 @@ class AuditPolicy:
 
 
 @dataclass(frozen=True)
+class RelayPolicy:
+    serve: bool = True
+    max_reservations: int = 32
+    max_circuits: int = 8
+    max_circuit_mb: float = 64.0
+    max_circuit_s: int = 900
+    reservation_ttl_s: int = 3600
+
+    def service(self) -> Any:
+        """The relay service to run (``network.relay.RelayService``), or ``None``."""
+        if not self.serve:
+            return None
+        from ..network.relay import RelayService
+
+        return RelayService(self.max_reservations, self.max_circuits, self.max_circuit_mb, self.max_circuit_s,
+                            self.reservation_ttl_s)
+
+
+@dataclass(frozen=True)
 class Policy:
     limits: NodeLimits = field(default_factory=NodeLimits)
     requesters: RequesterPolicy = field(default_factory=RequesterPolicy)
     results: ResultPolicy = field(default_factory=ResultPolicy)
     audits: AuditPolicy = field(default_factory=AuditPolicy)
+    relay: RelayPolicy = field(default_factory=RelayPolicy)
 
 
 def load_policy(path: Path | None) -> Policy:
@@ -82,7 +111,7 @@ def load_policy(path: Path | None) -> Policy:
         raise UsageError(f"cannot read policy {path}: {exc}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"policy {path}: {exc}") from exc
-    unknown = set(raw) - {"limits", "requesters", "results", "audits"}
+    unknown = set(raw) - {"limits", "requesters", "results", "audits", "relay"}
     if unknown:
         raise UsageError(f"policy {path}: unknown section(s) {', '.join(sorted(unknown))}")
     req = dict(raw.get("requesters", {}))
@@ -96,6 +125,7 @@ def load_policy(path: Path | None) -> Policy:
         requesters=_build(RequesterPolicy, req, "requesters", path),
         results=_build(ResultPolicy, raw.get("results", {}), "results", path),
         audits=_build(AuditPolicy, raw.get("audits", {}), "audits", path),
+        relay=_build(RelayPolicy, raw.get("relay", {}), "relay", path),
     )
 
 

@@ -32,10 +32,14 @@ from ..protocol.audit import AUDIT_PROTOCOL
 from ..protocol.audit_job import AUDIT_JOB_PROTOCOL
 from ..protocol.status import STATUS_PROTOCOL
 from ..network.overlay import open_network
-from ..network.host import DEFAULT_LISTEN, full_addrs
+from ..network.host import DEFAULT_LISTEN
+from ..network.relay import Reservations, relaying_of
 from .service import JobService, ServedModels
 
 log = logging.getLogger("pointillist.node")
+
+#: How long a node with relays waits for its first reservation before it starts advertising.
+RESERVATION_WAIT_S = 30.0
 
 #: Provider records in the DHT are renewed this often.
 REPROVIDE_S = 600
@@ -51,7 +55,8 @@ class NodeConfig:
     models_dir: Path | None = None  # serve every model in this folder too
     models_on_device: int = 1  # pipelines kept on the GPU at once; others wait in RAM or on disk
     models_ram_mb: int | None = None  # RAM for models moved off the GPU (default: half the free RAM)
-    listen: list[str] = field(default_factory=lambda: [DEFAULT_LISTEN])
+    listen: list[str] = field(default_factory=lambda: [DEFAULT_LISTEN])  # [] : reached through relays only
+    relays: list[str] = field(default_factory=list)  # relays to reserve a slot on (network/relay.py)
     bootstrap: list[str] = field(default_factory=list)
     device: str | None = None
     dtype: str | None = None
@@ -259,9 +264,13 @@ async def _serve(config: NodeConfig, node: LoadedNode, state: NodeState,
     status = NodeStatus(config.identity.peer_id, models_now())
 
     service.events.subscribe(status.observe)
-    async with open_network(config.identity, config.listen) as net:
+    # Only a node others can dial is any use as a relay.
+    relay = config.policy.relay.service() if config.listen else None
+    async with open_network(config.identity, config.listen, relay=relay) as net:
+        reservations = Reservations(relaying_of(net.host), config.relays)
+        net.circuit_addrs = reservations.addrs
         status.readings = Readings(
-            addrs=lambda: full_addrs(net.host),
+            addrs=net.addrs,
             peers=lambda: len(net.host.get_connected_peers()),
             records_held=lambda: len(net.directory),
             records_rejected=lambda: net.rejected,
@@ -281,6 +290,7 @@ async def _serve(config: NodeConfig, node: LoadedNode, state: NodeState,
             device_now=node.device_now,
         )
         service.on_change = advertiser.changed
+        reservations.on_change = advertiser.changed  # a relayed address came or went
         if node.residency is not None:  # a model swap happens on the generation thread
             token = trio.lowlevel.current_trio_token()
             node.residency.on_change = lambda: token.run_sync_soon(advertiser.changed)
@@ -296,13 +306,17 @@ async def _serve(config: NodeConfig, node: LoadedNode, state: NodeState,
                 cleanup.callback(server.close)
                 metrics_url = f"http://{_url_host(config.metrics[0])}:{server.port}/metrics"
             async with trio.open_nursery() as nursery:
+                if config.relays:  # reachable through them before saying so, within reason
+                    nursery.start_soon(reservations.run)
+                    with trio.move_on_after(RESERVATION_WAIT_S):
+                        await reservations.first.wait()
                 nursery.start_soon(advertiser.run)
                 nursery.start_soon(_reprovide, net, [m.digest for m in node.models])
                 nursery.start_soon(_keep_peers, net, config.heartbeat_s)
                 nursery.start_soon(state.maintain)
                 info = {
                     "peer_id": config.identity.peer_id,
-                    "addrs": full_addrs(net.host),
+                    "addrs": net.addrs(),
                     "models": [{"name": m.name, "digest": m.digest} for m in node.models],
                     "speed": node.speed.model_dump(by_alias=True),
                     "bootstrap_reached": reached,
