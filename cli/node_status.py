@@ -85,6 +85,7 @@ def print_status(s: dict) -> None:
     print(f"node      {s['peerId']}  (pointillist {s['version']}, pid {s['pid']}, up {_duration(s['uptimeS'])})")
     for addr in s["addrs"]:
         print(f"address   {addr}")
+    print(f"reachable {s.get('reachability', 'unknown')}")
     for m in s["models"]:
         print(f"model     {m['name']}  {m['digest'][:12]}  {'warm' if m.get('warm') else 'cold'}")
     print(f"peers     {s['peers']}   records held {s['recordsHeld']}   "

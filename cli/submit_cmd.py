@@ -149,6 +149,7 @@ def _share(text: str) -> float:
 
 async def _submit_all(requester, peer, specs, view):
     async with requester.open(peer=peer) as session:
+        view.connection_of = getattr(session.transport, "connection_kind", view.connection_of)
         view.status("looking for nodes…")
         with view:
             return await session.submit_all(specs, view.hooks_for)
@@ -195,6 +196,8 @@ class _View:
         self.quiet = quiet
         self.tasks: dict[int, int] = {}
         self.accepted: dict[str, tuple[str, str]] = {}  # job id -> (peer id, addr), until written
+        #: peer id -> "direct" / "relayed" / None: how the job reached its node (network/relay.py)
+        self.connection_of = lambda peer_id: None
 
     def __enter__(self):
         self.progress.__enter__()
@@ -219,8 +222,10 @@ class _View:
 
         def on_accepted(request, node) -> None:
             self.accepted[request.job_id] = (node.peer_id, node.addr)
-            self.emit({"event": "accepted", "index": i, "jobId": request.job_id, "node": node.peer_id, "addr": node.addr},
-                      f"{label}job {request.job_id} accepted by {node.peer_id}")
+            via = self.connection_of(node.peer_id)
+            self.emit({"event": "accepted", "index": i, "jobId": request.job_id, "node": node.peer_id, "addr": node.addr,
+                       "connection": via},
+                      f"{label}job {request.job_id} accepted by {node.peer_id}" + (" (relayed)" if via == "relayed" else ""))
 
         def on_event(event) -> None:
             if isinstance(event, AcceptedMessage):

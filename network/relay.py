@@ -32,7 +32,9 @@ from typing import Any, AsyncIterator, Callable
 import multiaddr
 import trio
 from libp2p.abc import IHost
+from libp2p.connection_types import ConnectionType
 from libp2p.relay.circuit_v2.config import RelayConfig, RelayRole
+from libp2p.relay.circuit_v2.dcutr import DCUtRProtocol
 from libp2p.relay.circuit_v2.protocol import PROTOCOL_ID as HOP_PROTOCOL
 from libp2p.relay.circuit_v2.protocol import CircuitV2Protocol
 from libp2p.relay.circuit_v2.resources import RelayLimits
@@ -44,6 +46,12 @@ from ..protocol.errors import TransportError, one_line
 log = logging.getLogger("pointillist.network")
 
 CIRCUIT = "/p2p-circuit"
+#: DCUtR's first step dials the peer's known addresses directly and waits this long (py-libp2p
+#: waits its default 10 s, on addresses that are often a home's private ones).
+DCUTR_DIAL_TIMEOUT_S = 2
+#: After reaching a peer through a relay, wait at most this long for DCUtR to make the connection
+#: direct before using the relayed one (both sides try every 2 s; a punch took 0.8-2.2 s here).
+DIRECT_WAIT_S = 6.0
 #: A reservation is renewed this long before it expires (py-libp2p renews 30 s before).
 RENEW_BEFORE_S = 60.0
 #: Waits between failed reservation attempts: 2 s, doubling, at most this.
@@ -108,6 +116,9 @@ class Relaying:
     def __init__(self, host: IHost, service: RelayService | None = None) -> None:
         self.host = host
         self.service = service
+        # Direct Connection Upgrade through Relay: hole punching (or dialing back) to replace a
+        # relayed connection with a direct one when both sides' NATs allow it.
+        self.dcutr = DCUtRProtocol(host, dial_timeout=DCUTR_DIAL_TIMEOUT_S)
         self.protocol = _PerCircuitRelay(host, limits=service.limits() if service else None,
                                          allow_hop=service is not None)
         # STOP only: with the default (client) role, every dial would also reserve a slot.
@@ -115,24 +126,47 @@ class Relaying:
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator["Relaying"]:
-        async with background_trio_service(self.protocol):
+        async with background_trio_service(self.protocol), background_trio_service(self.dcutr):
             _relaying[self.host] = self
             try:
                 yield self
             finally:
                 _relaying.pop(self.host, None)
 
-    async def dial(self, peer_id: str, addr: str) -> None:
-        """Connect to ``peer_id`` through the relay address ``addr`` (``.../p2p-circuit``)."""
+    async def dial(self, peer_id: str, addr: str, direct_wait_s: float = DIRECT_WAIT_S) -> None:
+        """Connect to ``peer_id`` through the relay address ``addr`` (``.../p2p-circuit``), then
+        give DCUtR up to ``direct_wait_s`` to make the connection direct."""
         target = addr if addr.endswith(f"/p2p/{peer_id}") else f"{addr}/p2p/{peer_id}"
         try:
-            await self.transport.dial(multiaddr.Multiaddr(target))
-        except (OSError, ConnectionError, Exception) as exc:  # py-libp2p raises plain ConnectionError
+            conn = await self.transport.dial(multiaddr.Multiaddr(target))
+        except Exception as exc:  # py-libp2p raises a plain ConnectionError, among others
             raise TransportError(f"cannot reach peer {peer_id} through {target}: {one_line(exc, 200)}") from exc
+        with trio.move_on_after(direct_wait_s):
+            while connection_kind(self.host, conn.muxed_conn.peer_id) != "direct":
+                await trio.sleep(0.1)
 
 
 def relaying_of(host: IHost) -> Relaying | None:
     return _relaying.get(host)
+
+
+def is_relayed(conn: Any) -> bool:
+    try:
+        return conn.get_connection_type() == ConnectionType.RELAYED
+    except Exception:  # a connection of another kind, or one closing
+        return is_circuit(" ".join(str(a) for a in getattr(conn, "get_transport_addresses", list)()))
+
+
+def connection_kind(host: IHost, peer_id: Any) -> str | None:
+    """"direct" when this host has a direct connection to ``peer_id``, "relayed" when it has only
+    relayed ones, ``None`` when it has none."""
+    from libp2p.peer.id import ID
+
+    peer = peer_id if isinstance(peer_id, ID) else ID.from_base58(str(peer_id))
+    conns = [c for c in host.get_network().get_connections(peer) if not getattr(c, "is_closed", False)]
+    if not conns:
+        return None
+    return "relayed" if all(is_relayed(c) for c in conns) else "direct"
 
 
 class Reservations:

@@ -39,8 +39,10 @@ class Advertiser:
         ttl_s: int = RECORD_TTL_S,
         clock: Callable[[], float] | None = None,
         device_now: Callable[[], Device] | None = None,
+        reachability: Callable[[], str] = lambda: "unknown",
     ) -> None:
         self.network = network
+        self.reachability = reachability  # public / private / unknown (network/reachability.py)
         self.service = service
         self.models = models
         self.device = device
@@ -82,6 +84,7 @@ class Advertiser:
             "seq": self._seq,
             "issuedAt": int(now),
             "expiresAt": int(now) + self.ttl_s,
+            "reachability": self.reachability(),
         })
 
     def _max_side(self, model) -> int:

@@ -72,6 +72,11 @@ def by_code(counts: dict) -> str:
 
 # ---- the view ----------------------------------------------------------------------------
 
+_REACH = {"public": "public (others can dial this node)",
+          "private": "private (behind NAT: reached through its relays)",
+          "unknown": "unknown (not yet checked)"}
+
+
 def render(snap: dict, height: int = 50) -> RenderableType:
     """The view of one ``NodeStatus.snapshot()``; ``height``: the terminal's, to fit the lists."""
     head = Rule(Text.assemble(("pointillist node", "bold"), f"  v{snap.get('version', '?')}  ·  "
@@ -82,6 +87,8 @@ def render(snap: dict, height: int = 50) -> RenderableType:
     grid.add_column(overflow="fold")
     grid.add_row("peer", snap["peerId"])
     grid.add_row("addresses", "\n".join(snap.get("addrs") or ["(none)"]))
+    reach = snap.get("reachability", "unknown")
+    grid.add_row("reachable", Text(_REACH.get(reach, reach), style={"public": "green", "private": "yellow"}.get(reach, "dim")))
     models = Text()
     for i, m in enumerate(snap.get("models", [])):
         if i:
@@ -117,7 +124,7 @@ def render(snap: dict, height: int = 50) -> RenderableType:
     grid.add_row("results", f"{results.get('count', 0)} stored, {size(results.get('bytes', 0))}")
 
     # What fits: the grid takes ~10 lines plus one per extra address/model; each table 4 more.
-    used = 12 + len(snap.get("addrs", [])) + len(snap.get("models", []))
+    used = 13 + len(snap.get("addrs", [])) + len(snap.get("models", []))
     room = max(4, height - used - 8)
     recent_jobs = list(reversed(snap.get("recentJobs", [])))
     recent_errors = list(reversed(snap.get("recentErrors", [])))

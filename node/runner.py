@@ -33,6 +33,8 @@ from ..protocol.audit_job import AUDIT_JOB_PROTOCOL
 from ..protocol.status import STATUS_PROTOCOL
 from ..network.overlay import open_network
 from ..network.host import DEFAULT_LISTEN
+from ..network.host import full_addrs
+from ..network.reachability import Reachability
 from ..network.relay import Reservations, relaying_of
 from .service import JobService, ServedModels
 
@@ -269,8 +271,10 @@ async def _serve(config: NodeConfig, node: LoadedNode, state: NodeState,
     async with open_network(config.identity, config.listen, relay=relay) as net:
         reservations = Reservations(relaying_of(net.host), config.relays)
         net.circuit_addrs = reservations.addrs
+        reachability = Reachability(net.host, lambda: full_addrs(net.host))
         status.readings = Readings(
             addrs=net.addrs,
+            reachability=lambda: reachability.status,
             peers=lambda: len(net.host.get_connected_peers()),
             records_held=lambda: len(net.directory),
             records_rejected=lambda: net.rejected,
@@ -288,9 +292,11 @@ async def _serve(config: NodeConfig, node: LoadedNode, state: NodeState,
             max_side=config.policy.limits.max_side, pipeline_names=node.pipelines,
             heartbeat_s=config.heartbeat_s, ttl_s=config.record_ttl_s,
             device_now=node.device_now,
+            reachability=lambda: reachability.status,
         )
         service.on_change = advertiser.changed
         reservations.on_change = advertiser.changed  # a relayed address came or went
+        reachability.on_change = advertiser.changed
         if node.residency is not None:  # a model swap happens on the generation thread
             token = trio.lowlevel.current_trio_token()
             node.residency.on_change = lambda: token.run_sync_soon(advertiser.changed)
@@ -311,6 +317,7 @@ async def _serve(config: NodeConfig, node: LoadedNode, state: NodeState,
                     with trio.move_on_after(RESERVATION_WAIT_S):
                         await reservations.first.wait()
                 nursery.start_soon(advertiser.run)
+                nursery.start_soon(reachability.run, lambda: _dialback_peers(net))
                 nursery.start_soon(_reprovide, net, [m.digest for m in node.models])
                 nursery.start_soon(_keep_peers, net, config.heartbeat_s)
                 nursery.start_soon(state.maintain)
@@ -341,6 +348,19 @@ async def _serve(config: NodeConfig, node: LoadedNode, state: NodeState,
                 with trio.move_on_after(2):
                     await advertiser.publish_now()  # "accepting": false, so requesters look elsewhere
                 nursery.cancel_scope.cancel()
+
+
+def _dialback_peers(net) -> list:
+    """Whom to ask to dial us back: connected peers that published a record (nodes answer; a
+    requester's bare host does not), in random order so no one peer decides for us."""
+    import random
+
+    from libp2p.peer.id import ID
+
+    connected = {str(p) for p in net.host.get_connected_peers()}
+    nodes = [r.peer_id for r in net.directory.live(net.clock()) if r.peer_id in connected and r.peer_id != net.peer_id]
+    random.shuffle(nodes)
+    return [ID.from_base58(p) for p in nodes]
 
 
 def _url_host(host: str) -> str:

@@ -33,6 +33,7 @@ class Readings:
     accepting: Callable[[], bool] = lambda: True
     stored: Callable[[], tuple[int, int]] = lambda: (0, 0)  # results held, their bytes
     models: Callable[[], list[dict]] | None = None  # when warmth changes; else NodeStatus.models
+    reachability: Callable[[], str] = lambda: "unknown"  # public / private / unknown (AutoNAT)
 
 
 @dataclass
@@ -128,6 +129,7 @@ class NodeStatus:
             "startedAt": round(self.started_wall, 3),
             "uptimeS": round(now - self.started_mono, 3),
             "addrs": list(r.addrs()),
+            "reachability": r.reachability(),
             "models": list(r.models() if r.models is not None else self.models),
             "peers": r.peers(),
             "recordsHeld": r.records_held(),

@@ -10,7 +10,7 @@ schema; and it has not expired. Whether it is newer than what we hold is the dir
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgpack
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
@@ -22,9 +22,12 @@ from .identity import Identity
 from .signed import open_signed
 
 CAPACITY_PAYLOAD_TYPE = "application/vnd.pointillist.capacity.v1+json"
-#: Record versions read here. v2 adds each model's ``family`` and ``warm``; nodes publish v2.
-#: Nodes before v2 drop v2 records (their schema is closed), so they do not see newer nodes.
-RECORD_VERSIONS = (1, 2)
+#: Record versions read here. v2 adds each model's ``family`` and ``warm``; v3 (issue 10) adds the
+#: node's ``reachability`` and allows a node with no models (a bootstrap/relay without a GPU).
+#: Nodes publish v3. Nodes before a version drop its records (their schema is closed), so they
+#: do not see newer nodes.
+RECORD_VERSIONS = (1, 2, 3)
+REACHABILITY = ("public", "private", "unknown")
 MAX_RECORD_BYTES = 8 * 1024
 #: A record lives this long unless renewed; nodes renew every ``HEARTBEAT_S``.
 RECORD_TTL_S = 90
@@ -69,11 +72,11 @@ class Speed(_Strict):
 
 
 class CapacityRecord(_Strict):
-    v: int = Field(2, ge=min(RECORD_VERSIONS), le=max(RECORD_VERSIONS))
+    v: int = Field(3, ge=min(RECORD_VERSIONS), le=max(RECORD_VERSIONS))
     peer_id: PeerIdStr = Field(alias="peerId")
     addrs: list[_Addr] = Field(max_length=16)
     device: Device
-    models: list[ServedModel] = Field(min_length=1, max_length=32)
+    models: list[ServedModel] = Field(min_length=0, max_length=32)  # at least one before v3
     speed: Speed
     queue_free: int = Field(alias="queueFree", ge=0, le=100_000)
     queue_size: int = Field(alias="queueSize", ge=0, le=100_000)
@@ -82,11 +85,17 @@ class CapacityRecord(_Strict):
     seq: int = Field(ge=0, lt=2**63)
     issued_at: int = Field(alias="issuedAt", ge=0)
     expires_at: int = Field(alias="expiresAt", ge=0)
+    # v3: whether others can dial this node (AutoNAT, network/reachability.py)
+    reachability: Literal["public", "private", "unknown"] = "unknown"
 
     @model_validator(mode="after")
-    def _v1_has_no_v2_members(self) -> "CapacityRecord":
+    def _members_of_their_version(self) -> "CapacityRecord":
         if self.v == 1 and any({"family", "warm"} & m.model_fields_set for m in self.models):
             raise ValueError("family and warm are members of v2 records")
+        if self.v < 3 and "reachability" in self.model_fields_set:
+            raise ValueError("reachability is a member of v3 records")
+        if self.v < 3 and not self.models:
+            raise ValueError(f"a v{self.v} record serves at least one model")
         return self
 
     def to_payload(self) -> bytes:

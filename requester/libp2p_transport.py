@@ -36,6 +36,12 @@ class Libp2pTransport:
     def __init__(self, host: IHost) -> None:
         self.host = host
 
+    def connection_kind(self, peer_id: str) -> str | None:
+        """How this requester is connected to ``peer_id`` now: "direct", "relayed" or ``None``."""
+        from ..network.relay import connection_kind
+
+        return connection_kind(self.host, peer_id)
+
     async def run_job(self, node: NodeAddress, envelope: Envelope, request: JobRequest,
                       on_event: OnEvent | None, deadline_s: float) -> bytes:
         message = JobMessage(t="job", envelope=WireEnvelope.from_envelope(envelope))

@@ -98,7 +98,7 @@ def test_garbage_is_dropped(data, reason):
 
 
 def test_unknown_fields_are_dropped():
-    payload = record().to_payload().replace(b'"v":2', b'"v":2,"extra":true')
+    payload = record().to_payload().replace(b'"v":3', b'"v":3,"extra":true')
     env = sign_envelope(A, CAPACITY_PAYLOAD_TYPE, payload)
     data = msgpack.packb({"payloadType": env.payload_type, "payload": env.payload, "keyid": env.keyid, "sig": env.sig})
     with pytest.raises(RemoteError, match="extra"):
@@ -115,11 +115,32 @@ def test_v2_records_say_each_models_family_and_warmth():
     r = r.model_copy(update={"models": [r.models[0].model_copy(update={"family": "sd15"}),
                                         r.models[1].model_copy(update={"warm": False})]})
     back = decode_record(encode_record(A, r), NOW)
-    assert back.v == 2 and [(m.family, m.warm) for m in back.models] == [("sd15", True), (None, False)]
+    assert back.v == 3 and [(m.family, m.warm) for m in back.models] == [("sd15", True), (None, False)]
+
+
+def test_v3_records_say_whether_the_node_is_reachable_and_may_serve_no_model():
+    r = record().model_copy(update={"reachability": "private"})
+    assert decode_record(encode_record(A, r), NOW).reachability == "private"
+    relay_only = record().model_copy(update={"models": []})  # a bootstrap/relay without a GPU
+    assert decode_record(encode_record(A, relay_only), NOW).models == []
+    with pytest.raises(RemoteError, match="reachability"):
+        decode_record(_signed(r.to_payload().replace(b'"private"', b'"sometimes"')), NOW)
+
+
+def test_v2_records_of_older_nodes_still_read():
+    v2 = record().to_payload().replace(b'"v":3', b'"v":2').replace(b',"reachability":"unknown"', b"")
+    assert b"reachability" not in v2
+    back = decode_record(_signed(v2), NOW)
+    assert back.v == 2 and back.reachability == "unknown"
+    with pytest.raises(RemoteError, match="v3"):  # v3 members in a v2 record: not a v2 record
+        decode_record(_signed(v2.replace(b'"v":2', b'"v":2,"reachability":"public"')), NOW)
+    no_models = record().model_copy(update={"models": []}).to_payload()
+    with pytest.raises(RemoteError, match="at least one model"):
+        decode_record(_signed(no_models.replace(b'"v":3', b'"v":2').replace(b',"reachability":"unknown"', b"")), NOW)
 
 
 def test_v1_records_of_older_nodes_still_read_and_count_as_warm():
-    payload = record().to_payload()
+    payload = record().to_payload().replace(b'"v":3', b'"v":2').replace(b',"reachability":"unknown"', b"")
     v1 = payload.replace(b'"v":2', b'"v":1').replace(b',"family":null', b"").replace(b',"warm":true', b"")
     assert b"warm" not in v1 and b"family" not in v1
     back = decode_record(_signed(v1), NOW)
@@ -127,7 +148,7 @@ def test_v1_records_of_older_nodes_still_read_and_count_as_warm():
     with pytest.raises(RemoteError, match="v2"):  # v2 members in a v1 record: not a v1 record
         decode_record(_signed(v1.replace(b'"maxSide":2048', b'"maxSide":2048,"warm":false')), NOW)
     with pytest.raises(RemoteError):
-        decode_record(_signed(payload.replace(b'"v":2', b'"v":3')), NOW)
+        decode_record(_signed(payload.replace(b'"v":2', b'"v":4')), NOW)
 
 
 def test_directory_keeps_newest_and_refuses_replays():
