@@ -36,6 +36,10 @@ from .relay import RelayService, Relaying, is_circuit, relaying_of
 log = logging.getLogger("pointillist.network")
 
 DEFAULT_LISTEN = "/ip4/127.0.0.1/tcp/0"
+#: A requester listens on every interface, any free port: a node behind NAT can then reach it
+#: back (DCUtR's connection reversal, or a simultaneous open), so jobs leave the relay. It serves
+#: nothing but the libp2p basics (identify, ping, the relay's stop side, DCUtR) to Noise peers.
+REQUESTER_LISTEN = "/ip4/0.0.0.0/tcp/0"
 DIAL_TIMEOUT_S = 10.0
 #: Longest we wait for our side of closing every connection (GO_AWAY written, socket closed).
 CLOSE_BOUND_S = 2.0
@@ -95,6 +99,10 @@ _ORDINARY_PEER_BEHAVIOUR = {
          "Error handling reservation request", "Error handling stop stream", "Error sending stop status message")),
     "libp2p.relay.circuit_v2.transport": _OrdinaryPeerBehaviour(("Failed to fetch stored addresses",),
                                                                 level=logging.WARNING),
+    # Hole punching dials addresses that are expected to fail (the other side's NAT, its LAN
+    # address); each failure was an ERROR. Regression test: tests/test_nat_netns.py (home logs).
+    "libp2p.transport.tcp.tcp": _OrdinaryPeerBehaviour(("Unexpected error opening TCP stream",
+                                                         "Failed to open TCP stream")),
 }
 for _name, _filter in _ORDINARY_PEER_BEHAVIOUR.items():
     logging.getLogger(_name).addFilter(_filter)

@@ -44,6 +44,7 @@ from ..protocol.errors import FrameError, RemoteError, TransportError, UsageErro
 from ..protocol.identity import Identity
 from .directory import PeerDirectory
 from .host import build_host, connect, full_addrs, listening, open_stream, parse_peer_addr
+from .addresses import expand_wildcards
 from .relay import RelayService
 
 log = logging.getLogger("pointillist.network")
@@ -118,7 +119,9 @@ class Network:
         return self.identity.peer_id
 
     def addrs(self) -> list[str]:
-        return full_addrs(self.host) + self.circuit_addrs()
+        """Every address of this host, wildcards expanded, relayed ones last: for this machine's
+        own tools (ready file, ``node status``). The record advertises fewer (network/addresses.py)."""
+        return expand_wildcards(full_addrs(self.host)) + self.circuit_addrs()
 
     # ---- records ----------------------------------------------------------------------
 

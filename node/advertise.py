@@ -127,4 +127,8 @@ class Advertiser:
             log.warning("could not publish capacity record", exc_info=True)
 
     def _addrs(self) -> list[str]:
-        return self.network.addrs()[:16]
+        """Only addresses others can use (network/addresses.py)."""
+        from ..network.addresses import advertised
+        from ..network.host import full_addrs
+
+        return advertised(full_addrs(self.network.host), self.network.circuit_addrs(), self.reachability())[:16]

@@ -33,6 +33,7 @@ from ..protocol.audit_job import AUDIT_JOB_PROTOCOL
 from ..protocol.status import STATUS_PROTOCOL
 from ..network.overlay import open_network
 from ..network.host import DEFAULT_LISTEN
+from ..network.addresses import expand_wildcards
 from ..network.host import full_addrs
 from ..network.reachability import Reachability
 from ..network.relay import Reservations, relaying_of
@@ -271,7 +272,7 @@ async def _serve(config: NodeConfig, node: LoadedNode, state: NodeState,
     async with open_network(config.identity, config.listen, relay=relay) as net:
         reservations = Reservations(relaying_of(net.host), config.relays)
         net.circuit_addrs = reservations.addrs
-        reachability = Reachability(net.host, lambda: full_addrs(net.host))
+        reachability = Reachability(net.host, lambda: expand_wildcards(full_addrs(net.host)))
         status.readings = Readings(
             addrs=net.addrs,
             reachability=lambda: reachability.status,

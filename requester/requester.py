@@ -87,12 +87,12 @@ class Requester:
     async def open(self, *, peer: str | None = None, discover: bool = True) -> AsyncIterator["Session"]:
         """A session on the network: through the bootstrap peers (records, gossip, DHT), or,
         with ``peer`` (or ``discover=False``), a plain host that dials nodes directly."""
-        from ..network.host import DEFAULT_LISTEN, running_host
+        from ..network.host import REQUESTER_LISTEN, running_host
         from .libp2p_transport import Libp2pTransport
 
         if peer is not None or not discover:
             direct = _direct(peer) if peer else None
-            async with running_host(self.identity) as host:
+            async with running_host(self.identity, [REQUESTER_LISTEN]) as host:
                 session = Session(self, Libp2pTransport(host), None, direct)
                 try:
                     yield session
@@ -102,7 +102,7 @@ class Requester:
         from ..network.overlay import open_network
         from .discovery import Discovery
 
-        async with open_network(self.identity, [DEFAULT_LISTEN], serve_dht=False) as net:
+        async with open_network(self.identity, [REQUESTER_LISTEN], serve_dht=False) as net:
             session = Session(self, Libp2pTransport(net.host), Discovery(net, self.bootstrap), None)
             try:
                 yield session

@@ -56,3 +56,38 @@ async def test_a_node_is_public_only_where_it_can_really_be_dialed_back():
             changes = []
             quiet = Reachability(client_host, lambda: full_addrs(client_host), on_change=lambda: changes.append(1))
             assert await quiet.check([]) == UNKNOWN and changes == []  # no one asked: nothing known
+
+
+# ---- what is advertised (network/addresses.py, pure) ------------------------------------------------
+
+from pointillist.network.addresses import advertised, expand_wildcards, is_local  # noqa: E402
+
+IPS = lambda: ["127.0.0.1", "192.168.1.20", "203.0.113.7", "::1", "2001:db8::7"]  # noqa: E731
+CIRCUIT = "/ip4/198.51.100.1/tcp/4001/p2p/12D3KooWRelay/p2p-circuit/p2p/12D3KooWHome"
+
+
+def test_a_wildcard_stands_for_every_interface_address():
+    assert expand_wildcards(["/ip4/0.0.0.0/tcp/4001/p2p/X", "/ip6/::/tcp/4001/p2p/X"], IPS) == [
+        "/ip4/127.0.0.1/tcp/4001/p2p/X", "/ip4/192.168.1.20/tcp/4001/p2p/X", "/ip4/203.0.113.7/tcp/4001/p2p/X",
+        "/ip6/::1/tcp/4001/p2p/X", "/ip6/2001:db8::7/tcp/4001/p2p/X"]
+
+
+@pytest.mark.parametrize("addr, local", [
+    ("/ip4/127.0.0.1/tcp/1", True), ("/ip4/10.1.2.3/tcp/1", True), ("/ip4/172.20.0.1/tcp/1", True),
+    ("/ip4/192.168.0.9/tcp/1", True), ("/ip4/100.64.0.1/tcp/1", True), ("/ip4/169.254.1.1/tcp/1", True),
+    ("/ip4/0.0.0.0/tcp/1", True), ("/ip6/fd00::1/tcp/1", True), ("/ip6/::1/tcp/1", True),
+    ("/ip4/203.0.113.7/tcp/1", False), ("/ip4/8.8.8.8/tcp/1", False), ("/dns4/example.org/tcp/1", False),
+])
+def test_loopback_and_private_ranges_are_local(addr, local):
+    assert is_local(addr) is local
+
+
+def test_only_addresses_others_can_use_are_advertised():
+    listen = ["/ip4/0.0.0.0/tcp/4001/p2p/X"]
+    public = "/ip4/203.0.113.7/tcp/4001/p2p/X"
+    assert advertised(listen, [], "public", IPS) == [public]  # never 0.0.0.0, loopback or LAN
+    assert advertised(listen, [CIRCUIT], "unknown", IPS) == [public, CIRCUIT]
+    assert advertised(listen, [CIRCUIT], "private", IPS) == [CIRCUIT]  # AutoNAT: not dialable
+    # Nothing better: a network of one machine or one LAN keeps its local addresses.
+    assert advertised(["/ip4/127.0.0.1/tcp/5/p2p/X"], [], "unknown", IPS) == ["/ip4/127.0.0.1/tcp/5/p2p/X"]
+    assert advertised(["/ip4/192.168.1.20/tcp/5/p2p/X"], [], "private", IPS) == ["/ip4/192.168.1.20/tcp/5/p2p/X"]
