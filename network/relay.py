@@ -57,6 +57,12 @@ RENEW_BEFORE_S = 60.0
 #: Waits between failed reservation attempts: 2 s, doubling, at most this.
 MAX_BACKOFF_S = 60.0
 RESERVE_TIMEOUT_S = 15.0
+#: Relays a node picks for itself when its operator named none and it is private.
+MAX_AUTO_RELAYS = 2
+#: An automatic relay is dropped after this many failures in a row (another is tried).
+AUTO_GIVE_UP = 3
+#: How often the automatic choice looks for relays (until it holds ``MAX_AUTO_RELAYS``).
+AUTO_LOOK_S = 5.0
 
 _relaying: "weakref.WeakKeyDictionary[IHost, Relaying]" = weakref.WeakKeyDictionary()
 
@@ -172,41 +178,67 @@ def connection_kind(host: IHost, peer_id: Any) -> str | None:
 class Reservations:
     """Slots reserved on relays for a node that may not be dialable: made at start, renewed
     before they expire, made again with backoff when a relay goes and comes back. ``addrs()`` are
-    the circuit addresses that work now; ``on_change`` runs whenever they change."""
+    the circuit addresses that work now; ``on_change`` runs whenever they change.
+
+    The relays are the operator's (``relays``) or, when there are none, up to ``max_auto`` chosen
+    from ``auto()`` (a home user configures nothing: a node that AutoNAT finds private picks public
+    nodes and bootstrap peers); an automatic relay that fails ``AUTO_GIVE_UP`` times in a row is
+    dropped for the next candidate."""
 
     def __init__(self, relaying: Relaying, relays: list[str], on_change: Callable[[], None] = lambda: None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, auto: Callable[[], list[str]] | None = None,
+                 max_auto: int = MAX_AUTO_RELAYS) -> None:
         self.relaying = relaying
         self.relays = list(relays)
         self.on_change = on_change
         self.clock = clock
+        self.auto = auto
+        self.max_auto = max_auto
         self._held: dict[str, float] = {}  # relay address -> expiry (unix time)
+        self._kept: set[str] = set()  # relays with a keeper task
+        self._given_up: set[str] = set()
         self.first = trio.Event()  # set once any reservation was made (or every relay failed once)
         self._tried: set[str] = set()
 
     def addrs(self) -> list[str]:
         own = str(self.relaying.host.get_id())
-        return [circuit_addr(relay, own) for relay in self.relays if relay in self._held]
+        return [circuit_addr(relay, own) for relay in self._held]
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
             for relay in self.relays:
-                nursery.start_soon(self._keep, relay)
+                self._kept.add(relay)
+                nursery.start_soon(self._keep, relay, False)
+            while self.auto is not None and not self.relays:  # the operator's relays win
+                for relay in self.auto():
+                    if len(self._kept) >= self.max_auto:
+                        break
+                    if relay not in self._kept and relay not in self._given_up:
+                        self._kept.add(relay)
+                        nursery.start_soon(self._keep, relay, True)
+                await trio.sleep(AUTO_LOOK_S)
 
-    async def _keep(self, relay: str) -> None:
+    async def _keep(self, relay: str, auto: bool) -> None:
         backoff = 2.0
+        failures = 0
         while True:
             try:
                 expiry = await self._reserve(relay)
             except TransportError as exc:
+                failures += 1
                 if self._held.pop(relay, None) is not None:
                     self.on_change()
-                log.info("no reservation on relay %s: %s (next try in %.0f s)", relay, exc, backoff)
                 self._tried_once(relay)
+                if auto and failures >= AUTO_GIVE_UP:
+                    log.info("giving up relay %s: %s", relay, exc)
+                    self._kept.discard(relay)
+                    self._given_up.add(relay)
+                    return
+                log.info("no reservation on relay %s: %s (next try in %.0f s)", relay, exc, backoff)
                 await trio.sleep(backoff)
                 backoff = min(MAX_BACKOFF_S, backoff * 2)
                 continue
-            backoff = 2.0
+            backoff, failures = 2.0, 0
             fresh = relay not in self._held
             self._held[relay] = expiry
             if fresh:

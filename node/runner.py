@@ -270,9 +270,10 @@ async def _serve(config: NodeConfig, node: LoadedNode, state: NodeState,
     # Only a node others can dial is any use as a relay.
     relay = config.policy.relay.service() if config.listen else None
     async with open_network(config.identity, config.listen, relay=relay) as net:
-        reservations = Reservations(relaying_of(net.host), config.relays)
-        net.circuit_addrs = reservations.addrs
         reachability = Reachability(net.host, lambda: expand_wildcards(full_addrs(net.host)))
+        reservations = Reservations(relaying_of(net.host), config.relays,
+                                    auto=lambda: _relay_candidates(net, config.bootstrap, reachability.status))
+        net.circuit_addrs = reservations.addrs
         status.readings = Readings(
             addrs=net.addrs,
             reachability=lambda: reachability.status,
@@ -313,8 +314,8 @@ async def _serve(config: NodeConfig, node: LoadedNode, state: NodeState,
                 cleanup.callback(server.close)
                 metrics_url = f"http://{_url_host(config.metrics[0])}:{server.port}/metrics"
             async with trio.open_nursery() as nursery:
+                nursery.start_soon(reservations.run)
                 if config.relays:  # reachable through them before saying so, within reason
-                    nursery.start_soon(reservations.run)
                     with trio.move_on_after(RESERVATION_WAIT_S):
                         await reservations.first.wait()
                 nursery.start_soon(advertiser.run)
@@ -349,6 +350,20 @@ async def _serve(config: NodeConfig, node: LoadedNode, state: NodeState,
                 with trio.move_on_after(2):
                     await advertiser.publish_now()  # "accepting": false, so requesters look elsewhere
                 nursery.cancel_scope.cancel()
+
+
+def _relay_candidates(net, bootstrap: list[str], reachability: str) -> list[str]:
+    """Relays for a node whose operator named none: only once AutoNAT found it private (or it
+    listens nowhere); its bootstrap peers first, then nodes whose records say they are public."""
+    if reachability != "private":
+        return []
+    found = list(bootstrap)
+    for record in net.directory.live(net.clock()):
+        if record.peer_id == net.peer_id or getattr(record, "reachability", "unknown") != "public":
+            continue
+        direct = [a for a in record.addrs if "/p2p-circuit" not in a and a.endswith("/p2p/" + record.peer_id)]
+        found += direct[:1]
+    return list(dict.fromkeys(found))
 
 
 def _dialback_peers(net) -> list:

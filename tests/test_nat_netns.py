@@ -4,8 +4,9 @@ the test builds and removes itself (tests/netns.py: documentation addresses only
 - home1 sits behind a symmetric NAT that drops unsolicited inbound, and the requester (public,
   with a stateful firewall) cannot be dialed either: no direct path exists, the job goes through
   the relay and verifies;
-- home2 sits behind a port-preserving NAT: DCUtR (TCP simultaneous open from the listen ports)
-  can make the connection direct;
+- home2 sits behind a port-preserving NAT and is configured with nothing but a bootstrap peer: it
+  finds out it is private, reserves a slot on a relay by itself, and DCUtR (TCP simultaneous
+  open from the listen ports) makes the requester's connection direct;
 - AutoNAT tells the relay it is public and the homes that they are private.
 
 Needs root (CI runs as root); skipped with the reason otherwise.
@@ -66,9 +67,11 @@ def net(tmp_path_factory):
         nodes.append(relay)
         relay.wait_ready()
         homes = []
-        for ns, name in ((topo.home1, "home1"), (topo.home2, "home2")):
+        # home1 names its relay; home2 is a home user who configured nothing but a peer to join
+        # through: it finds out it is private and takes a relay by itself.
+        for ns, name, relays in ((topo.home1, "home1", ["--relay", relay.addr]), (topo.home2, "home2", [])):
             homes.append(node_in(ns, root / name, ["--heartbeat", "1", "--listen", f"/ip4/{ns.ip}/tcp/{PORT}",
-                                                   "--relay", relay.addr, "--bootstrap", relay.addr]))
+                                                   *relays, "--bootstrap", relay.addr]))
             nodes.append(homes[-1])
         for home in homes:
             home.wait_ready()
@@ -124,7 +127,10 @@ def test_home_behind_a_symmetric_nat_serves_through_its_relay(net):
 def test_home_behind_a_port_preserving_nat_gets_a_direct_connection(net):
     topo, home = net.topo, net.home2
     circuit = net.circuit(home)
-    assert circuit in home.info["addrs"], home.info
+    deadline = time.monotonic() + 60  # no --relay: it reserves once AutoNAT has found it private
+    while circuit not in net.status(topo.home2, home)["addrs"]:
+        assert time.monotonic() < deadline, home.log()[-3000:]
+        time.sleep(0.5)  # polling interval, bounded by the deadline
     assert tcp_connect(topo.req, topo.r2.ip, PORT) == "timeout"  # not dialable before a hole is punched
 
     requester = net.root / "requester2"

@@ -194,3 +194,33 @@ async def test_a_lapsed_reservation_is_made_again_with_backoff_not_a_busy_loop(a
     gaps = [b - a for a, b in zip(attempts, attempts[1:])]
     assert gaps[:4] == [2, 4, 8, 16], gaps  # backoff, not a spin
     assert changes == [["/ip4/192.0.2.1/tcp/4001/p2p/12D3KooWRelay/p2p-circuit/p2p/12D3KooWHome"]]
+
+
+async def test_a_private_node_with_no_relays_configured_picks_its_own(autojump_clock):
+    """A home user configures nothing: once the node is private, it takes up to two relays from
+    its candidates (bootstrap peers, public nodes), and replaces one that keeps failing."""
+    from pointillist.network.relay import AUTO_GIVE_UP, Reservations, TransportError
+
+    dead, good, spare, extra = (f"/ip4/203.0.113.{i}/tcp/4001/p2p/12D3KooWRelay{i}" for i in (1, 2, 3, 4))
+    candidates: list[str] = []  # empty while the node is not (yet) known to be private
+    tries: dict[str, int] = {}
+
+    class Scripted(Reservations):
+        async def _reserve(self, relay):
+            tries[relay] = tries.get(relay, 0) + 1
+            if relay == dead:
+                raise TransportError("no answer")
+            return self.clock() + 3600
+
+    fake_host = type("H", (), {"get_id": lambda self: "12D3KooWHome"})()
+    reservations = Scripted(type("R", (), {"host": fake_host})(), [], auto=lambda: candidates, clock=lambda: 0.0)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reservations.run)
+        await trio.sleep(30)
+        assert reservations.addrs() == [] and tries == {}  # public or unknown: no relay needed
+        candidates[:] = [dead, good, spare, extra]
+        await trio.sleep(300)
+        nursery.cancel_scope.cancel()
+    assert tries[dead] == AUTO_GIVE_UP  # given up, not retried for ever
+    assert sorted(reservations.addrs()) == sorted(f"{r}/p2p-circuit/p2p/12D3KooWHome" for r in (good, spare))
+    assert extra not in tries  # two relays are enough
