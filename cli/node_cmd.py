@@ -17,6 +17,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="diffusers model folder or single-file checkpoint; repeat to serve several "
         "(default: config.toml, else the embedded tiny model, whose images are noise)",
     )
+    start.add_argument("--no-models", action="store_true",
+                       help="serve no model: run as a bootstrap peer and relay only (a small public machine "
+                       "without a GPU keeping the network's doors open); loads no torch")
     start.add_argument("--models-dir", type=Path, metavar="DIR",
                        help="serve every checkpoint (.safetensors) and diffusers folder in DIR; one at a time "
                        "stays on the GPU, the others load when a job asks for them (default: config.toml)")
@@ -84,16 +87,21 @@ def run(args: argparse.Namespace) -> int:
     if not listen and not relays:
         raise UsageError("a node that listens nowhere needs --relay (or [node] relays) to be reachable at all")
     models_dir = args.models_dir or config.models_dir
-    if models_dir is not None:  # an empty or missing folder fails now, not after loading torch
+    if args.no_models and (args.models or args.models_dir):
+        raise UsageError("--no-models serves no model: leave out --model and --models-dir")
+    if args.no_models and not listen:
+        raise UsageError("--no-models runs a bootstrap and relay: it must listen somewhere (--listen)")
+    if models_dir is not None and not args.no_models:  # an empty or missing folder fails now, not after loading torch
         from ..node.model_folder import find_models
 
         find_models(models_dir)
     identity, _ = load_or_create_identity(args.key or default_key_path())
     node_config = NodeConfig(
         identity=identity,
-        model_paths=args.models or config.models,
+        model_paths=[] if args.no_models else args.models or config.models,
+        no_models=args.no_models,
         model_config=args.model_config or config.model_config,
-        models_dir=args.models_dir or config.models_dir,
+        models_dir=None if args.no_models else args.models_dir or config.models_dir,
         models_on_device=config.models_on_device or 1,
         models_ram_mb=config.models_ram_mb,
         listen=listen,
@@ -123,8 +131,11 @@ def run(args: argparse.Namespace) -> int:
     def on_ready(info: dict) -> None:
         for m in info["models"]:
             print(f"serving {m['name']}  {m['digest']}", flush=True)
-        print(f"speed   {info['speed']['stepsPerS']} steps/s at "
-              f"{info['speed']['refWidth']}x{info['speed']['refHeight']}", flush=True)
+        if not info["models"]:
+            print("serving no models: a bootstrap peer and relay", flush=True)
+        else:
+            print(f"speed   {info['speed']['stepsPerS']} steps/s at "
+                  f"{info['speed']['refWidth']}x{info['speed']['refHeight']}", flush=True)
         for addr in info["addrs"]:
             print(f"listening {addr}", flush=True)
 

@@ -54,6 +54,7 @@ PEER_TARGET = 8
 class NodeConfig:
     identity: Identity
     model_paths: list[Path] = field(default_factory=list)  # empty: the embedded tiny model
+    no_models: bool = False  # an entry point: bootstrap and relay, no GPU, no torch (issue 10)
     model_config: Path | None = None  # diffusers config folder for single-file checkpoints
     models_dir: Path | None = None  # serve every model in this folder too
     models_on_device: int = 1  # pipelines kept on the GPU at once; others wait in RAM or on disk
@@ -93,9 +94,26 @@ def model_paths(config: NodeConfig) -> list[Path]:
     return paths
 
 
+def entry_node() -> LoadedNode:
+    """A node that serves no model: a bootstrap and relay on a small machine (``--no-models``).
+    Imports no torch; its record lists no model and speed 0, so no requester ranks it for a job."""
+    from ..protocol.capacity import Device, Speed
+    from .device_info import REF_HEIGHT, REF_WIDTH, _cpu_name
+
+    return LoadedNode(
+        models=ServedModels([], allow_none=True),
+        device=Device(kind="cpu", name=_cpu_name()[:100] or "cpu", vramTotal=0, vramFree=0),
+        speed=Speed(stepsPerS=0.0, refWidth=REF_WIDTH, refHeight=REF_HEIGHT),
+        pipelines={},
+    )
+
+
 def load_node(config: NodeConfig) -> LoadedNode:
     """Load the first model, measure this machine with it, and make the others loadable on
-    demand (imports torch). Every model is hashed now: its digest is what the network sees."""
+    demand (imports torch). Every model is hashed now: its digest is what the network sees.
+    With ``no_models``: ``entry_node()``."""
+    if config.no_models:
+        return entry_node()
     from .device_info import describe_device, device_memory, measure_speed
     from .memory_fit import estimate_for, measure_fit
     from ..protocol.settings import GenerationSettings

@@ -142,8 +142,8 @@ class Model(Protocol):
 class ServedModels:
     """The operator's models. Jobs name one by name or by full digest; nothing else is loadable."""
 
-    def __init__(self, models: list[Model]) -> None:
-        if not models:
+    def __init__(self, models: list[Model], allow_none: bool = False) -> None:
+        if not models and not allow_none:
             raise ValueError("a node serves at least one model")
         self._models = list(models)
 
@@ -155,6 +155,8 @@ class ServedModels:
             if ref in (m.name, m.digest):
                 return m
         served = ", ".join(f"{m.name} ({m.digest[:12]})" for m in self._models)
+        if not served:
+            raise JobRejected(ErrorCode.UNKNOWN_MODEL, "this node serves no models (an entry point: bootstrap and relay)")
         raise JobRejected(ErrorCode.UNKNOWN_MODEL, f"model {ref[:80]!r} is not served here; served: {served}")
 
 

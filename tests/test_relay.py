@@ -1,6 +1,7 @@
 """Circuit relay v2 (issue 10) without root: a home node that listens nowhere at all is reachable
 only through a relay on 127.0.0.1, and every protocol works through it — records, jobs, fetch,
-audits — with the image verifying as one made directly.
+audits — with the image verifying as one made directly. The relay is an entry point that serves
+no model (``node start --no-models``: a bootstrap and relay on a machine without a GPU).
 
 Then the defects of py-libp2p 0.8.1 that network/relay.py works around, in process.
 """
@@ -35,10 +36,10 @@ def other_model(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def relayed(tmp_path_factory, other_model):
-    """(relay, home): the relay is an ordinary node on 127.0.0.1; the home node has no listen
-    address and reserves a slot on it."""
+    """(relay, home): the relay is an entry node on 127.0.0.1 serving no model; the home node has
+    no listen address and reserves a slot on it."""
     root = tmp_path_factory.mktemp("relay")
-    relay = NodeHandle(root / "relay", ["--heartbeat", "1"]).wait_ready()
+    relay = NodeHandle(root / "relay", ["--heartbeat", "1", "--no-models"]).wait_ready()
     home = NodeHandle(root / "home", ["--heartbeat", "1", "--listen", "none", "--relay", relay.addr,
                                       "--bootstrap", relay.addr, "--model", str(other_model)])
     try:
@@ -65,6 +66,7 @@ def test_a_node_that_listens_nowhere_is_reached_through_its_relay(relayed, other
             break
         assert time.monotonic() < deadline, shown.stderr
     assert records[home.peer_id]["addrs"] == [circuit]
+    assert relay.peer_id in records and records[relay.peer_id]["models"] == []  # the entry point
 
     home_digest = home.info["models"][0]["digest"]
     requester = tmp_path / "requester"
