@@ -316,7 +316,11 @@ async def _serve(config: NodeConfig, node: LoadedNode, state: NodeState,
         )
         service.on_change = advertiser.changed
         reservations.on_change = advertiser.changed  # a relayed address came or went
-        reachability.on_change = advertiser.changed
+        def reachability_changed() -> None:
+            advertiser.changed()
+            reservations.nudge()  # a node just found private takes relays now, not at the next look
+
+        reachability.on_change = reachability_changed
         if node.residency is not None:  # a model swap happens on the generation thread
             token = trio.lowlevel.current_trio_token()
             node.residency.on_change = lambda: token.run_sync_soon(advertiser.changed)
