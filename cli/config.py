@@ -32,7 +32,7 @@ from ..protocol.keyfile import config_dir
 
 _TOP = {"bootstrap", "node", "audit"}
 _AUDIT = {"share", "model"}
-_NODE = {"listen", "relays", "models", "model_config", "models_dir", "models_on_device", "models_ram_mb", "device",
+_NODE = {"listen", "relays", "mdns", "models", "model_config", "models_dir", "models_on_device", "models_ram_mb", "device",
          "dtype", "metrics", "log_format"}
 LOG_FORMATS = ("text", "json")
 
@@ -42,6 +42,7 @@ class Config:
     bootstrap: list[str] = field(default_factory=list)
     listen: list[str] = field(default_factory=list)
     relays: list[str] = field(default_factory=list)
+    mdns: bool = False
     models: list[Path] = field(default_factory=list)
     model_config: Path | None = None
     models_dir: Path | None = None
@@ -99,6 +100,7 @@ def load_config(path: Path | None = None) -> Config:
         bootstrap=_strings(raw.get("bootstrap", []), "bootstrap", path),
         listen=_strings(node.get("listen", []), "node.listen", path),
         relays=_strings(node.get("relays", []), "node.relays", path),
+        mdns=_bool(node.get("mdns", False), "node.mdns", path),
         models=[Path(m).expanduser() for m in _strings(node.get("models", []), "node.models", path)],
         model_config=Path(node["model_config"]).expanduser() if "model_config" in node else None,
         models_dir=Path(node["models_dir"]).expanduser() if "models_dir" in node else None,
@@ -111,6 +113,12 @@ def load_config(path: Path | None = None) -> Config:
         audit_share=float(share),
         audit_model=Path(audit["model"]).expanduser() if "model" in audit else None,
     )
+
+
+def _bool(value: object, name: str, path: Path) -> bool:
+    if not isinstance(value, bool):
+        raise UsageError(f"{path}: {name} must be true or false")
+    return value
 
 
 def _strings(value: object, name: str, path: Path) -> list[str]:

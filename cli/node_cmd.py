@@ -17,6 +17,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="diffusers model folder or single-file checkpoint; repeat to serve several "
         "(default: config.toml, else the embedded tiny model, whose images are noise)",
     )
+    start.add_argument("--mdns", action=argparse.BooleanOptionalAction, default=None,
+                       help="find the other nodes on this local network by multicast DNS, no bootstrap "
+                       "needed (default: off, or mdns in config.toml)")
     start.add_argument("--no-models", action="store_true",
                        help="serve no model: run as a bootstrap peer and relay only (a small public machine "
                        "without a GPU keeping the network's doors open); loads no torch")
@@ -106,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
         models_ram_mb=config.models_ram_mb,
         listen=listen,
         relays=relays,
+        mdns=config.mdns if args.mdns is None else args.mdns,
         bootstrap=bootstrap,
         device=args.device or config.device,
         dtype=args.dtype or config.dtype,

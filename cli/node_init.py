@@ -69,6 +69,10 @@ CONFIG_TEXT = """\
 # (behind a home router). Its capacity record then lists <relay>/p2p-circuit/p2p/<this node>.
 # relays = ["/ip4/192.0.2.7/tcp/4001/p2p/12D3KooW..."]
 
+# Find the other nodes on this local network by multicast DNS (several GPUs at home, no
+# bootstrap peer needed). Off by default.
+# mdns = true
+
 # Models to serve: diffusers folders or single-file checkpoints. Default: the embedded tiny model
 # (random weights: its images are noise).
 # models = ["/models/stable-diffusion-v1-5"]

@@ -111,7 +111,9 @@ for _name, _filter in _ORDINARY_PEER_BEHAVIOUR.items():
 # ---- building and addresses -------------------------------------------------------------
 
 
-def build_host(identity: Identity) -> IHost:
+def build_host(identity: Identity, mdns: bool = False) -> IHost:
+    """A host speaking TCP + Noise + yamux; with ``mdns``, it also announces itself and listens
+    for peers on the local network (multicast DNS; network/lan.py hands what it finds to us)."""
     key_pair = create_new_key_pair(identity.seed)
     noise = NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)
     host = new_host(
@@ -124,6 +126,7 @@ def build_host(identity: Identity) -> IHost:
             min_connections=0,
             low_watermark=0,
         ),
+        enable_mDNS=mdns,
     )
     # py-libp2p's auto-connector aims at the midpoint of its watermarks (150 connections) by
     # dialing every peer it has heard of: at 20 nodes that is a full mesh, at 10,000 a storm. We

@@ -45,6 +45,7 @@ from ..protocol.identity import Identity
 from .directory import PeerDirectory
 from .host import build_host, connect, full_addrs, listening, open_stream, parse_peer_addr
 from .addresses import expand_wildcards
+from .lan import Lan
 from .relay import RelayService
 
 log = logging.getLogger("pointillist.network")
@@ -192,6 +193,15 @@ class Network:
             except (TransportError, RemoteError) as exc:
                 log.warning("bootstrap peer %s: %s", text, exc)
         return reached
+
+    async def join_peer(self, peer: PeerInfo) -> None:
+        """Join through one peer found some other way (the LAN): connect, seed the DHT, fetch its
+        records. ``TransportError`` / ``RemoteError`` when it cannot be joined."""
+        if self.host.get_network().get_connections(peer.peer_id):
+            return  # already joined
+        await connect(self.host, peer)
+        await self.dht.add_peer(peer.peer_id)
+        await self.fetch_records(peer.peer_id)
 
     async def fetch_records(self, peer_id: ID, timeout_s: float = 10.0) -> tuple[int, float]:
         """Ask a peer for every record it holds; returns (records kept, round-trip seconds)."""
@@ -344,10 +354,12 @@ async def open_network(
     serve_dht: bool = True,
     clock: Callable[[], float] = time.time,
     relay: RelayService | None = None,
+    mdns: bool = False,
 ) -> AsyncIterator[Network]:
     """The host on ``listen`` with gossip, the DHT and records; with ``relay``, it also relays
-    for nodes that cannot be dialed (network/relay.py)."""
-    host = build_host(identity)
+    for nodes that cannot be dialed (network/relay.py); with ``mdns``, it finds and joins peers on
+    the local network (network/lan.py)."""
+    host = build_host(identity, mdns=mdns)
     gossipsub = GossipSub(
         protocols=[MESHSUB_V11, MESHSUB_V10],
         degree=6,
@@ -371,6 +383,8 @@ async def open_network(
             subscription = await pubsub.subscribe(CAPACITY_TOPIC)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(net._read_gossip, subscription)
+                if mdns:
+                    nursery.start_soon(Lan(net.peer_id, net.join_peer).run)
                 try:
                     yield net
                 finally:

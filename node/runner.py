@@ -61,6 +61,7 @@ class NodeConfig:
     models_ram_mb: int | None = None  # RAM for models moved off the GPU (default: half the free RAM)
     listen: list[str] = field(default_factory=lambda: [DEFAULT_LISTEN])  # [] : reached through relays only
     relays: list[str] = field(default_factory=list)  # relays to reserve a slot on (network/relay.py)
+    mdns: bool = False  # find and join nodes on the local network (network/lan.py)
     bootstrap: list[str] = field(default_factory=list)
     device: str | None = None
     dtype: str | None = None
@@ -287,7 +288,7 @@ async def _serve(config: NodeConfig, node: LoadedNode, state: NodeState,
     service.events.subscribe(status.observe)
     # Only a node others can dial is any use as a relay.
     relay = config.policy.relay.service() if config.listen else None
-    async with open_network(config.identity, config.listen, relay=relay) as net:
+    async with open_network(config.identity, config.listen, relay=relay, mdns=config.mdns) as net:
         reachability = Reachability(net.host, lambda: expand_wildcards(full_addrs(net.host)))
         reservations = Reservations(relaying_of(net.host), config.relays,
                                     auto=lambda: _relay_candidates(net, config.bootstrap, reachability.status))

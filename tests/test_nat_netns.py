@@ -170,3 +170,26 @@ def test_autonat_tells_the_relay_it_is_public_and_the_homes_they_are_private(net
     assert addrs.get(net.home1.peer_id) == [net.circuit(net.home1)], addrs
     for name, (_, node) in nodes.items():  # failed punches and dials are ordinary, not ERRORs
         assert " ERROR " not in node.log(), (name, [l for l in node.log().splitlines() if " ERROR " in l][:5])
+
+
+def test_two_nodes_on_one_lan_find_each_other_by_mdns(net):
+    """LAN discovery (item 4, off by default): two nodes in one home, no bootstrap peer at all."""
+    topo = net.topo
+    lan = [node_in(topo.home1, net.root / f"lan{i}", ["--heartbeat", "1", "--mdns",
+                                                       "--listen", f"/ip4/{topo.home1.ip}/tcp/{4101 + i}"])
+           for i in range(2)]
+    try:
+        for node in lan:
+            node.wait_ready()
+        deadline = time.monotonic() + 60
+        while True:
+            shown = cli(topo.home1, ["peers", "--bootstrap", lan[0].addr, "--wait", "0", "--json"], net.root / "look4")
+            held = {r["peerId"] for r in json.loads(shown.stdout or "[]")}
+            if lan[1].peer_id in held:
+                break
+            assert time.monotonic() < deadline, (shown.stderr, lan[0].log()[-2000:])
+        # The node without --mdns in the same home was not found: the option is off by default.
+        assert net.home1.peer_id not in held
+    finally:
+        for node in lan:
+            node.stop()
