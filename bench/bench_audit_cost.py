@@ -60,16 +60,6 @@ NEGATIVE = "blurry"
 SHARES = (0.1, 0.25)
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 #: CPU seconds (all threads, user + system) of the last ``timed`` call: on a shared machine less
 #: sensitive to other processes' load than wall time (see the module docstring).
 LAST_CPU = [0.0]
@@ -111,6 +101,7 @@ def main() -> int:
 
     from pointillist.attestation.statement import GenerationRecord
     from pointillist.node import audit_check as A
+    from pointillist.node.device_info import cpu_name
     from pointillist.node.pipeline import LoadedModel
     from pointillist.node.step_commitments import to_tensor
     from pointillist.protocol.settings import GenerationSettings

@@ -103,8 +103,9 @@ def main() -> int:
         topology.__exit__(None, None, None)
 
     direct, relayed = statistics.median(times["direct"]), statistics.median(times["relayed"])
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
+    from pointillist.node.device_info import cpu_name
+
+    cpu = cpu_name()
     print(f"### Relay vs direct (issue 10)\n\n`bench/bench_relay.py`, {time.strftime('%Y-%m-%d')}, {cpu}, "
           f"Python {platform.python_version()}: `sudo .venv/bin/python bench/bench_relay.py --rounds {args.rounds}`. "
           f"Network namespaces (tests/netns.py), whole `submit` commands, embedded model 64x64, 6 steps.\n")

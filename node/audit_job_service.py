@@ -30,7 +30,7 @@ from ..protocol.audit_job import MAX_AUDIT_JOB_FRAME, AuditJobMessage, SignedAud
 from ..protocol.errors import ErrorCode, FrameError, FrameTooLarge, JobRejected, TransportError, VerificationError
 from ..protocol.messages import AcceptedMessage
 from .events import JobAccepted, JobFinished, JobStarted
-from .service import JobService, _close, _remote_peer, _send_error
+from .service import JobService, serve_guarded
 from .version import POINTILLIST_VERSION
 
 log = logging.getLogger("pointillist.node")
@@ -44,18 +44,7 @@ class AuditJobService:
         self.jobs = jobs  # its admission, queue, device lock, generation thread, events and identity
 
     async def handle_stream(self, stream: Any) -> None:
-        peer = _remote_peer(stream)
-        try:
-            await self._serve(stream, peer)
-        except TransportError as exc:
-            log.info("peer %s: audit job: %s", peer, exc)
-        except trio.Cancelled:
-            raise
-        except Exception:  # a bug of ours must not take the node down
-            log.exception("peer %s: internal error while serving an audit job", peer)
-            await _send_error(stream, JobRejected(ErrorCode.INTERNAL, "internal error on the node"))
-        finally:
-            await _close(stream)
+        await serve_guarded(stream, self._serve, "an audit job")
 
     async def _serve(self, stream: Any, peer: str) -> None:
         jobs = self.jobs

@@ -24,7 +24,7 @@ def describe_device(device: str) -> Device:
         return Device(kind="cuda", name=torch.cuda.get_device_name(index)[:100], vramTotal=total, vramFree=free)
     if kind == "mps":
         return Device(kind="mps", name="Apple GPU", vramTotal=0, vramFree=0)
-    return Device(kind="cpu", name=_cpu_name()[:100] or "cpu", vramTotal=0, vramFree=0)
+    return Device(kind="cpu", name=cpu_name()[:100] or "cpu", vramTotal=0, vramFree=0)
 
 
 def device_memory(device: str) -> tuple[int, int] | None:
@@ -48,7 +48,7 @@ def measure_speed(model, params_type) -> Speed:
     return Speed(stepsPerS=round(REF_STEPS / max(elapsed, 1e-6), 3), refWidth=REF_WIDTH, refHeight=REF_HEIGHT)
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):

@@ -99,11 +99,11 @@ def entry_node() -> LoadedNode:
     """A node that serves no model: a bootstrap and relay on a small machine (``--no-models``).
     Imports no torch; its record lists no model and speed 0, so no requester ranks it for a job."""
     from ..protocol.capacity import Device, Speed
-    from .device_info import REF_HEIGHT, REF_WIDTH, _cpu_name
+    from .device_info import REF_HEIGHT, REF_WIDTH, cpu_name
 
     return LoadedNode(
         models=ServedModels([], allow_none=True),
-        device=Device(kind="cpu", name=_cpu_name()[:100] or "cpu", vramTotal=0, vramFree=0),
+        device=Device(kind="cpu", name=cpu_name()[:100] or "cpu", vramTotal=0, vramFree=0),
         speed=Speed(stepsPerS=0.0, refWidth=REF_WIDTH, refHeight=REF_HEIGHT),
         pipelines={},
     )

@@ -37,7 +37,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from typing import Any, AsyncIterator, Callable, Protocol
+from typing import Any, AsyncIterator, Awaitable, Callable, Protocol
 
 import outcome
 import trio
@@ -209,18 +209,7 @@ class JobService:
     # ---- stream handler -------------------------------------------------------------------
 
     async def handle_stream(self, stream: Any) -> None:
-        peer = _remote_peer(stream)
-        try:
-            await self._serve(stream, peer)
-        except TransportError as exc:
-            log.info("peer %s: %s", peer, exc)
-        except trio.Cancelled:
-            raise
-        except Exception:  # a bug of ours must not take the node down either
-            log.exception("peer %s: internal error while serving a job", peer)
-            await _send_error(stream, JobRejected(ErrorCode.INTERNAL, "internal error on the node"))
-        finally:
-            await _close(stream)
+        await serve_guarded(stream, self._serve, "a job")
 
     async def _serve(self, stream: Any, peer: str) -> None:
         try:
@@ -441,6 +430,23 @@ class JobService:
                 await framing.write_frame(stream, to_wire(message))
         except trio.TooSlowError as exc:
             raise TransportError("peer did not read within the write deadline") from exc
+
+
+async def serve_guarded(stream: Any, serve: Callable[[Any, str], Awaitable[None]], what: str) -> None:
+    """Run ``serve(stream, peer)``; whatever happens, the stream is closed and the node lives on:
+    a broken connection is logged, a bug of ours is logged and answered "internal"."""
+    peer = _remote_peer(stream)
+    try:
+        await serve(stream, peer)
+    except TransportError as exc:
+        log.info("peer %s: %s", peer, exc)
+    except trio.Cancelled:
+        raise
+    except Exception:  # a bug of ours must not take the node down either
+        log.exception("peer %s: internal error while serving %s", peer, what)
+        await _send_error(stream, JobRejected(ErrorCode.INTERNAL, "internal error on the node"))
+    finally:
+        await _close(stream)
 
 
 def _default_params(job: SignedJob) -> Any:

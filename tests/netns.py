@@ -121,9 +121,14 @@ def ensure_tools() -> None:
     if shutil.which("ip") is None:
         raise Unavailable("the ip command (iproute2) is missing")
     if shutil.which("nft") is None:
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         try:
             done = subprocess.run(["apt-get", "install", "-y", "nftables"], capture_output=True, text=True,
-                                  timeout=300, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+                                  timeout=300, env=env)
+            if done.returncode != 0:  # a fresh machine may have no package lists yet
+                subprocess.run(["apt-get", "update", "-q"], capture_output=True, text=True, timeout=300, env=env)
+                done = subprocess.run(["apt-get", "install", "-y", "nftables"], capture_output=True, text=True,
+                                      timeout=300, env=env)
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise Unavailable(f"nft is missing and apt-get install -y nftables could not run: {exc}") from exc
         if done.returncode != 0 or shutil.which("nft") is None:
@@ -141,13 +146,9 @@ def _list_ours() -> list[str]:
 
 
 def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    from pointillist.node.node_file import pid_running
+
+    return pid_running(pid)
 
 
 def remove_stale() -> list[str]:

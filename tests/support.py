@@ -105,6 +105,18 @@ class NodeHandle:
 
 
 
+def build_tiny_variant(out: Path, seed: int) -> Path:
+    """The embedded model's architecture with other random weights (node/models/build_tiny_model.py),
+    for a model that only one node of a test serves."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("build_tiny_model", REPO / "node/models/build_tiny_model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.build(out, seed=seed)
+    return out
+
+
 def load_vector_generator():
     """docs/attestation-vectors/generate.py: the fixed keys, image, job and record of the vectors."""
     import importlib.util

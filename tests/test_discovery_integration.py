@@ -22,16 +22,9 @@ FAST = ["--heartbeat", "1", "--record-ttl", str(TTL)]
 @pytest.fixture(scope="module")
 def other_model(tmp_path_factory):
     """A second model (same architecture, other weights) that only one node serves."""
-    import importlib.util
+    from support import build_tiny_variant
 
-    from support import REPO
-
-    spec = importlib.util.spec_from_file_location("build_tiny_model", REPO / "node/models/build_tiny_model.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    out = tmp_path_factory.mktemp("models") / "other-sd"
-    module.build(out, seed=7)
-    return out
+    return build_tiny_variant(tmp_path_factory.mktemp("models") / "other-sd", seed=7)
 
 
 @pytest.fixture(scope="module")

@@ -88,6 +88,21 @@ def _accepted(stdout: str) -> dict:
     return next(e for e in map(json.loads, stdout.splitlines()) if e.get("event") == "accepted")
 
 
+def job_through(net: Net, home: NodeHandle, circuit: str, name: str, prompt: str) -> dict:
+    """Submit a job from the public requester to ``home`` at ``circuit``; check the image verifies
+    as ``home``'s; the "accepted" event."""
+    requester = net.root / name
+    requester.mkdir()
+    out = requester / "out.png"
+    sent = cli(net.topo.req, ["submit", prompt, "--peer", circuit, *JOB, "--out", str(out), "--json"], requester)
+    assert sent.returncode == 0, sent.stderr + home.log()[-3000:]
+    accepted = _accepted(sent.stdout)
+    assert accepted["node"] == home.peer_id and accepted["addr"] == circuit, accepted
+    verified = cli(net.topo.req, ["verify", str(out), "--expect-node", home.peer_id], requester)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    return accepted
+
+
 def test_home_behind_a_symmetric_nat_serves_through_its_relay(net):
     topo, relay, home = net.topo, net.relay, net.home1
     assert relay.addr.startswith(f"/ip4/{topo.pub.ip}/tcp/{PORT}/p2p/"), relay.info
@@ -112,15 +127,7 @@ def test_home_behind_a_symmetric_nat_serves_through_its_relay(net):
         assert time.monotonic() < deadline, f"home1's record never seen through the relay: {shown.stderr}"
     assert circuit in records[home.peer_id]["addrs"], records[home.peer_id]
 
-    requester = net.root / "requester1"
-    requester.mkdir()
-    out = requester / "heron.png"
-    sent = cli(topo.req, ["submit", "a heron", "--peer", circuit, *JOB, "--out", str(out), "--json"], requester)
-    assert sent.returncode == 0, sent.stderr + home.log()[-3000:]
-    accepted = _accepted(sent.stdout)
-    assert accepted["node"] == home.peer_id and accepted["addr"] == circuit, accepted
-    verified = cli(topo.req, ["verify", str(out), "--expect-node", home.peer_id], requester)
-    assert verified.returncode == 0, verified.stdout + verified.stderr
+    accepted = job_through(net, home, circuit, "requester1", "a heron")
     assert accepted["connection"] == "relayed", accepted  # DCUtR tried; no direct path exists
 
 
@@ -133,15 +140,7 @@ def test_home_behind_a_port_preserving_nat_gets_a_direct_connection(net):
         time.sleep(0.5)  # polling interval, bounded by the deadline
     assert tcp_connect(topo.req, topo.r2.ip, PORT) == "timeout"  # not dialable before a hole is punched
 
-    requester = net.root / "requester2"
-    requester.mkdir()
-    out = requester / "wren.png"
-    sent = cli(topo.req, ["submit", "a wren", "--peer", circuit, *JOB, "--out", str(out), "--json"], requester)
-    assert sent.returncode == 0, sent.stderr + home.log()[-3000:]
-    accepted = _accepted(sent.stdout)
-    assert accepted["node"] == home.peer_id, accepted
-    verified = cli(topo.req, ["verify", str(out), "--expect-node", home.peer_id], requester)
-    assert verified.returncode == 0, verified.stdout + verified.stderr
+    accepted = job_through(net, home, circuit, "requester2", "a wren")
     # Both ends dial from their listen ports at once (TCP simultaneous open): through r2, whose
     # mapping keeps the port, and through the requester's own firewall. A requester listening on
     # loopback only has no such port, and stays relayed.

@@ -24,14 +24,9 @@ JOB = ["--size", "64", "--steps", "6", "--quiet"]
 @pytest.fixture(scope="module")
 def other_model(tmp_path_factory):
     """A model only the home node serves, so that discovery must choose it (other weights)."""
-    import importlib.util
+    from support import build_tiny_variant
 
-    spec = importlib.util.spec_from_file_location("build_tiny_model", REPO / "node/models/build_tiny_model.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    out = tmp_path_factory.mktemp("models") / "home-sd"
-    module.build(out, seed=11)
-    return out
+    return build_tiny_variant(tmp_path_factory.mktemp("models") / "home-sd", seed=11)
 
 
 @pytest.fixture(scope="module")
