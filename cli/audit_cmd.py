@@ -408,18 +408,12 @@ def _auditor_line(verdict_json: Any, statement) -> str:
 
 def _remember(node: str, passed: bool, reason: str = "", evidence: Path | None = None) -> None:
     from ..protocol.keyfile import data_dir
-    from ..requester.reputation import Reputation
+    from ..requester.reputation import Outcome, record_outcomes
 
-    state = data_dir()
-    reputation = Reputation.load(state)
-    if passed:
-        reputation.passed(node, time.time())
-    else:
-        reputation.failed(node, time.time(), "audit", reason, str(evidence.resolve()) if evidence else None)
-    try:
-        reputation.save(state)
-    except OSError as exc:
-        print(f"warning: could not record the outcome in {state}: {exc.strerror or exc}", file=sys.stderr)
+    outcome = Outcome(node, passed, "audit", reason, str(evidence.resolve()) if evidence else None)
+    warning = record_outcomes(data_dir(), [outcome], time.time())
+    if warning:
+        print(warning, file=sys.stderr)
 
 
 def _report(args: argparse.Namespace, verdict, evidence: Path | None = None) -> int:

@@ -130,24 +130,17 @@ def _record_standings(results) -> None:
     import time
 
     from ..protocol.keyfile import data_dir
-    from ..requester.reputation import Reputation
+    from ..requester.reputation import Outcome, record_outcomes
 
     checked = [(report.statement.record.node, path, r) for path, report, r in results if r is not None and r.ok is not None]
-    if not checked:
-        return
-    state = data_dir()
-    reputation = Reputation.load(state)
-    for node, path, reproduction in checked:
-        if reproduction.ok:
-            reputation.passed(node, time.time())
-        else:
-            reputation.failed(node, time.time(), "reproduce", reproduction.detail, evidence=str(path.resolve()))
-            print(f"node {node} failed this check and gets no more jobs from you "
+    outcomes = [Outcome(node, bool(r.ok), "reproduce", r.detail, str(path.resolve())) for node, path, r in checked]
+    warning = record_outcomes(data_dir(), outcomes, time.time())
+    for outcome in outcomes:
+        if not outcome.passed:
+            print(f"node {outcome.node} failed this check and gets no more jobs from you "
                   f"(`pointillist reputation`)", file=sys.stderr)
-    try:
-        reputation.save(state)
-    except OSError as exc:
-        print(f"warning: could not record the outcome in {state}: {exc.strerror or exc}", file=sys.stderr)
+    if warning:
+        print(warning, file=sys.stderr)
 
 
 def _reproduce(reproducer, report, data: bytes):

@@ -13,11 +13,17 @@ whose Merkle root the attestation signs), in the same row: kept for the same cha
 plus the trajectory's) and pruned with the result. ``trajectory_for`` reads them back for the
 audit protocol (issue 11, later items).
 
+A size bound too small for the node's traffic prunes step commitments inside the challenge window
+(``MIN_CHALLENGE_WINDOW_S``, 1 h), where a node that cannot open its leaves fails an audit: each
+such prune is counted (``pruned_in_window``) and logged as a warning naming the fix (at most a few
+a minute).
+
 All methods block (SQLite): the service calls them in worker threads.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import time
@@ -25,6 +31,11 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..attestation.trajectory import Trajectory
+from ..protocol.audit import MIN_CHALLENGE_WINDOW_S
+from .quiet_log import RateLimitedLog
+
+log = logging.getLogger("pointillist.node")
+_window_log = RateLimitedLog(log)
 
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -47,6 +58,8 @@ class ResultStore:
         self.clock = clock
         self.on_over_bound = on_over_bound or (lambda: None)
         self._totals = threading.Lock()
+        #: results with step commitments pruned for size before the challenge window ended
+        self.pruned_in_window = 0
         with db.lock:  # once, at open: from here on a running total
             self.count, self.total_bytes = db.conn.execute(
                 "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM results").fetchone()
@@ -123,10 +136,12 @@ class ResultStore:
                 if not take(job_id, size):
                     break
             over = self.total_bytes - freed - self.max_bytes
+            in_window = 0
             if over > 0:
                 taken = {job_id for job_id, _ in doomed}
-                for job_id, size in conn.execute("SELECT job_id, size FROM results ORDER BY created LIMIT ?",
-                                                 (batch,)).fetchall():
+                for job_id, size, created, committed in conn.execute(
+                        "SELECT job_id, size, created, trajectory IS NOT NULL FROM results ORDER BY created LIMIT ?",
+                        (batch,)).fetchall():
                     if over <= 0:
                         break
                     if job_id in taken:
@@ -134,6 +149,7 @@ class ResultStore:
                     if not take(job_id, size):
                         break
                     over -= size
+                    in_window += bool(committed) and now - created < MIN_CHALLENGE_WINDOW_S
             conn.executemany("DELETE FROM results WHERE job_id = ?", [(job_id,) for job_id, _ in doomed])
             expired_left = conn.execute("SELECT 1 FROM results WHERE created < ? LIMIT 1",
                                         (now - self.keep_s,)).fetchone() is not None
@@ -141,4 +157,10 @@ class ResultStore:
             self.count -= len(doomed)
             self.total_bytes -= freed
             over_bound = self.total_bytes > self.max_bytes and self.count > 0
+            self.pruned_in_window += in_window
+        if in_window:
+            _window_log.log(logging.WARNING, "pruned in challenge window",
+                            "%d result(s) pruned for space less than %d min after their job: audits of them "
+                            "within the challenge window will fail this node; raise [results] max_mb",
+                            in_window, MIN_CHALLENGE_WINDOW_S // 60)
         return bool(doomed) and (expired_left or over_bound)

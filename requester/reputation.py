@@ -131,3 +131,32 @@ class Reputation:
         tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(self.to_json()))
         os.replace(tmp, path)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One check of a node's work: passed, or failed with the check's name, why and the evidence."""
+
+    node: str
+    passed: bool
+    check: str = ""  # "audit", "reproduce"
+    reason: str = ""
+    evidence: str | None = None
+
+
+def record_outcomes(state_dir: Path, outcomes: list[Outcome], now: float) -> str | None:
+    """Apply ``outcomes`` to the reputation kept in ``state_dir`` and save it; a one-line warning
+    when it could not be saved (the outcomes still stand as reported), else ``None``."""
+    if not outcomes:
+        return None
+    reputation = Reputation.load(state_dir)
+    for outcome in outcomes:
+        if outcome.passed:
+            reputation.passed(outcome.node, now)
+        else:
+            reputation.failed(outcome.node, now, outcome.check, outcome.reason, outcome.evidence)
+    try:
+        reputation.save(state_dir)
+    except OSError as exc:
+        return f"warning: could not record the outcome in {state_dir}: {exc.strerror or exc}"
+    return None

@@ -105,3 +105,18 @@ def test_a_node_caught_by_reproduce_gets_no_job_until_forgotten(tmp_path):
         assert served.returncode == 0 and "verified" in served.stderr, served.stderr
     finally:
         node.stop()
+
+
+def test_outcomes_are_recorded_together_and_a_save_failure_is_one_warning(tmp_path):
+    from pointillist.requester.reputation import Outcome, Reputation, record_outcomes
+
+    assert record_outcomes(tmp_path, [], 0.0) is None and not (tmp_path / "reputation.json").exists()
+    warning = record_outcomes(tmp_path, [Outcome("12D3KooWHonest", True),
+                                         Outcome("12D3KooWCheat", False, "audit", "unet step 1", "/e.json")], 100.0)
+    assert warning is None
+    kept = Reputation.load(tmp_path)
+    assert kept.distrusted() == {"12D3KooWCheat"} and kept.standing("12D3KooWHonest").passed == 1
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    warning = record_outcomes(blocked / "below", [Outcome("12D3KooWHonest", True)], 200.0)
+    assert warning is not None and warning.startswith("warning: could not record") and "\n" not in warning

@@ -74,6 +74,24 @@ def test_the_oldest_go_first_when_over_the_size_bound(tmp_path):
     assert [state.results.get(jid(i), now=1005) is not None for i in range(5)] == [False] * 3 + [True] * 2
 
 
+def test_pruning_step_commitments_inside_the_challenge_window_is_counted_and_warned(tmp_path, caplog):
+    """A size bound too small for the traffic would make an honest node fail audits (it could no
+    longer open its leaves within the hour): the node says so and how to fix it."""
+    state = open_node_state(tmp_path, policy(max_bytes=250), clock=lambda: NOW)
+    for i in range(3):  # with commitments: 20 + 80 bytes each, made a minute apart, 1 h + before now
+        state.results.put(jid(i), "req", b"p" * 20, now=NOW - 4000 + 60 * i, trajectory=b"t" * 80)
+    while state.prune_pass(now=NOW):
+        pass
+    assert state.results.pruned_in_window == 0 and "challenge window" not in caplog.text  # old: fine
+    for i in range(3, 6):  # fresh ones, within the window
+        state.results.put(jid(i), "req", b"p" * 20, now=NOW - 60 + i, trajectory=b"t" * 80)
+    with caplog.at_level(logging.WARNING, logger="pointillist.node"):
+        while state.prune_pass(now=NOW):
+            pass
+    assert state.results.pruned_in_window >= 1
+    assert "audits of them within the challenge window will fail this node; raise [results] max_mb" in caplog.text
+
+
 def test_each_pass_is_bounded(tmp_path):
     clock = Clock()
     state = open_node_state(tmp_path, policy(keep_s=10), clock=clock)
