@@ -325,6 +325,20 @@ async def _connect_through_relays(host: IHost, peer_id: Any, circuits: list[str]
     raise TransportError(f"cannot reach peer {peer_id} through its relays: {'; '.join(problems)}")
 
 
+@asynccontextmanager
+async def stream_to(host: IHost, peer: PeerInfo, protocol: str) -> AsyncIterator[Any]:
+    """Connect to ``peer`` (``connect``), open a ``protocol`` stream (``open_stream``), yield it,
+    and close it on the way out within a bound; a stream that fails to close is left to the
+    connection's end."""
+    await connect(host, peer)
+    stream = await open_stream(host, peer.peer_id, protocol)
+    try:
+        yield stream
+    finally:
+        with trio.move_on_after(2), contextlib.suppress(Exception):
+            await stream.close()
+
+
 async def open_stream(host: IHost, peer_id: Any, protocol: str) -> Any:
     """A new stream to a connected peer; libp2p's failures (negotiation refused, connection
     gone, muxer errors) become one ``TransportError`` naming the peer and protocol."""

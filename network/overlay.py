@@ -119,10 +119,14 @@ class Network:
     def peer_id(self) -> str:
         return self.identity.peer_id
 
+    def listen_addrs(self) -> list[str]:
+        """The addresses this host listens on, wildcards expanded (network/addresses.py)."""
+        return expand_wildcards(full_addrs(self.host))
+
     def addrs(self) -> list[str]:
-        """Every address of this host, wildcards expanded, relayed ones last: for this machine's
-        own tools (ready file, ``node status``). The record advertises fewer (network/addresses.py)."""
-        return expand_wildcards(full_addrs(self.host)) + self.circuit_addrs()
+        """Every address of this host, relayed ones last: for this machine's own tools (ready
+        file, ``node status``). The record advertises fewer (network/addresses.py)."""
+        return self.listen_addrs() + self.circuit_addrs()
 
     # ---- records ----------------------------------------------------------------------
 

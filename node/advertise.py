@@ -129,6 +129,5 @@ class Advertiser:
     def _addrs(self) -> list[str]:
         """Only addresses others can use (network/addresses.py)."""
         from ..network.addresses import advertised
-        from ..network.host import full_addrs
 
-        return advertised(full_addrs(self.network.host), self.network.circuit_addrs(), self.reachability())[:16]
+        return advertised(self.network.listen_addrs(), self.network.circuit_addrs(), self.reachability())[:16]

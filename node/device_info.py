@@ -15,10 +15,11 @@ REF_STEPS = 3
 
 
 def describe_device(device: str) -> Device:
-    import torch
-
+    """The device as the capacity record states it; imports torch only for a CUDA device."""
     kind = device.split(":", 1)[0]
     if kind == "cuda":
+        import torch
+
         index = torch.device(device).index or 0
         free, total = torch.cuda.mem_get_info(index)
         return Device(kind="cuda", name=torch.cuda.get_device_name(index)[:100], vramTotal=total, vramFree=free)

@@ -33,8 +33,6 @@ from ..protocol.audit_job import AUDIT_JOB_PROTOCOL
 from ..protocol.status import STATUS_PROTOCOL
 from ..network.overlay import open_network
 from ..network.host import DEFAULT_LISTEN
-from ..network.addresses import expand_wildcards
-from ..network.host import full_addrs
 from ..network.reachability import Reachability
 from ..network.relay import Reservations, relaying_of
 from .service import JobService, ServedModels
@@ -98,12 +96,12 @@ def model_paths(config: NodeConfig) -> list[Path]:
 def entry_node() -> LoadedNode:
     """A node that serves no model: a bootstrap and relay on a small machine (``--no-models``).
     Imports no torch; its record lists no model and speed 0, so no requester ranks it for a job."""
-    from ..protocol.capacity import Device, Speed
-    from .device_info import REF_HEIGHT, REF_WIDTH, cpu_name
+    from ..protocol.capacity import Speed
+    from .device_info import REF_HEIGHT, REF_WIDTH, describe_device
 
     return LoadedNode(
         models=ServedModels([], allow_none=True),
-        device=Device(kind="cpu", name=cpu_name()[:100] or "cpu", vramTotal=0, vramFree=0),
+        device=describe_device("cpu"),
         speed=Speed(stepsPerS=0.0, refWidth=REF_WIDTH, refHeight=REF_HEIGHT),
         pipelines={},
     )
@@ -289,7 +287,7 @@ async def _serve(config: NodeConfig, node: LoadedNode, state: NodeState,
     # Only a node others can dial is any use as a relay.
     relay = config.policy.relay.service() if config.listen else None
     async with open_network(config.identity, config.listen, relay=relay, mdns=config.mdns) as net:
-        reachability = Reachability(net.host, lambda: expand_wildcards(full_addrs(net.host)))
+        reachability = Reachability(net.host, net.listen_addrs)
         reservations = Reservations(relaying_of(net.host), config.relays,
                                     auto=lambda: _relay_candidates(net, config.bootstrap, reachability.status))
         net.circuit_addrs = reservations.addrs

@@ -17,7 +17,7 @@ from typing import Any
 import trio
 
 from ..attestation.trajectory import TrajectoryCommitment, leaf_hash, verify_inclusion
-from ..network.host import connect, open_stream, parse_peer_addr
+from ..network.host import parse_peer_addr, stream_to
 from ..protocol import framing
 from ..protocol.audit import AUDIT_PROTOCOL, OpenedLeaf, audit_request, parse_audit_reply, parse_audit_request
 from ..protocol.errors import FrameError, JobRejected, TransportError
@@ -60,14 +60,9 @@ async def open_leaves(host: Any, node_addr: str, job_id: str, commitment: Trajec
     peer = parse_peer_addr(node_addr)
     try:
         with trio.fail_after(timeout_s):
-            await connect(host, peer)
-            stream = await open_stream(host, peer.peer_id, AUDIT_PROTOCOL)
-            try:
+            async with stream_to(host, peer, AUDIT_PROTOCOL) as stream:
                 await framing.write_frame(stream, request, framing.MAX_REQUEST_FRAME)
                 frame = await framing.read_frame(stream, framing.MAX_REPLY_FRAME)
-            finally:
-                with trio.move_on_after(2):
-                    await stream.close()
     except trio.TooSlowError:
         raise Unanswered(f"the node did not answer the challenge within {timeout_s:.0f} s") from None
     except FrameError as exc:

@@ -18,7 +18,7 @@ from typing import Any
 import trio
 
 from ..attestation.audit_verdict import AuditVerdictRecord, open_verdict
-from ..network.host import connect, open_stream, parse_peer_addr
+from ..network.host import parse_peer_addr, stream_to
 from ..protocol import framing
 from ..protocol.audit import OpenedLeaf
 from ..protocol.audit_job import (
@@ -98,17 +98,12 @@ async def remote_audit(host: Any, identity: Identity, auditor_addr: str, audited
     message = audit_job_message(job_envelope, audited.png, leaves)
     try:
         with trio.fail_after(timeout_s):
-            await connect(host, peer)
-            stream = await open_stream(host, peer.peer_id, AUDIT_JOB_PROTOCOL)
-            try:
+            async with stream_to(host, peer, AUDIT_JOB_PROTOCOL) as stream:
                 await framing.write_frame(stream, message, MAX_AUDIT_JOB_FRAME)
                 while True:
                     reply = parse_audit_job_reply(await framing.read_frame(stream, framing.MAX_REPLY_FRAME))
                     if reply.kind == "verdict":
                         break
-            finally:
-                with trio.move_on_after(2):
-                    await stream.close()
     except trio.TooSlowError:
         raise AuditorFailed(f"the auditor gave no verdict within {timeout_s:.0f} s") from None
     except JobRejected as exc:

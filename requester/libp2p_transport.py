@@ -11,7 +11,7 @@ from typing import Any
 import trio
 from libp2p.abc import IHost
 
-from ..network.host import connect, open_stream, parse_peer_addr
+from ..network.host import parse_peer_addr, stream_to
 from ..protocol import framing
 from ..protocol.dsse import Envelope
 from ..protocol.errors import FrameError, JobRejected, RemoteError, TransportError
@@ -57,17 +57,9 @@ class Libp2pTransport:
         peer = parse_peer_addr(node.addr)
         try:
             with trio.fail_after(deadline_s):
-                await connect(self.host, peer)
-                stream = await open_stream(self.host, peer.peer_id, JOB_PROTOCOL)
-                try:
+                async with stream_to(self.host, peer, JOB_PROTOCOL) as stream:
                     await framing.write_frame(stream, to_wire(message), framing.MAX_REQUEST_FRAME)
                     return await _follow(stream, job_id, on_event)
-                finally:
-                    with trio.move_on_after(2):
-                        try:
-                            await stream.close()
-                        except Exception:
-                            pass
         except trio.TooSlowError as exc:
             raise TransportError(f"node {node.peer_id} did not finish within {deadline_s:.0f} s") from exc
 
